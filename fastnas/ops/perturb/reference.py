@@ -1,0 +1,167 @@
+"""Plain-torch reference of the noise stream and the perturbation kernels: the specification.
+
+Every other backend is tested against these functions. They follow ``docs/noise.md`` operation by
+operation (float32, no fused multiply-add), so the native backends agree bit for bit on CPU.
+Slow by design: integer Philox on int64 tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+__all__ = ["philox_words", "normals", "perturb_", "perturbed_copies", "restore_"]
+
+_M32 = 0xFFFFFFFF
+_ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
+_KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
+
+
+def _mul_hi_lo(const: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32 bits of ``const * x`` for 32-bit ``x`` held in int64, without overflow."""
+    c_hi, c_lo = const >> 16, const & 0xFFFF
+    p_hi = x * c_hi  # < 2^48
+    p_lo = x * c_lo  # < 2^48
+    hi = (p_hi + (p_lo >> 16)) >> 16
+    lo = (((p_hi & 0xFFFF) << 16) + p_lo) & _M32
+    return hi & _M32, lo
+
+
+def philox_words(groups: torch.Tensor, seed: int, stream: int) -> torch.Tensor:
+    """Philox4x32-10 words of the given counter groups.
+
+    Args:
+        groups: int64 tensor of group indices ``g >= 0`` (element ``i`` belongs to group ``i // 4``).
+        seed, stream: the key, each in ``[0, 2**32)``.
+
+    Returns:
+        int64 tensor of shape ``(*groups.shape, 4)`` with the words ``w0..w3`` in ``[0, 2**32)``.
+    """
+    g = groups.to(torch.int64)
+    c0, c1 = g & _M32, (g >> 32) & _M32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & _M32, stream & _M32
+    for _ in range(10):
+        hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
+        hi_b, lo_b = _mul_hi_lo(_ROUND_B, c2)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def _f32(value: float) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _unit(w: torch.Tensor) -> torch.Tensor:
+    a = (w >> 9).to(torch.float32) * _f32(2.0**-23)
+    return a + _f32(2.0**-24)
+
+
+_LOG_COEFFS = (
+    7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1,
+    -1.6668057665e-1, 2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1,
+)
+
+
+def _log(x: torch.Tensor) -> torch.Tensor:
+    b = x.view(torch.int32).to(torch.int64) & _M32
+    e = (b >> 23) - 127
+    m = ((b & 0x007FFFFF) | 0x3F800000).to(torch.int32).view(torch.float32)
+    big = m > _f32(1.41421356)
+    m = torch.where(big, m * _f32(0.5), m)
+    e = torch.where(big, e + 1, e)
+    f = m - _f32(1.0)
+    z = f * f
+    p = torch.full_like(f, _LOG_COEFFS[0])
+    for c in _LOG_COEFFS[1:]:
+        p = p * f
+        p = p + _f32(c)
+    ef = e.to(torch.float32)
+    y = f * z
+    y = y * p
+    y = y + ef * _f32(-2.12194440e-4)
+    y = y + z * _f32(-0.5)
+    r = f + y
+    return r + ef * _f32(0.693359375)
+
+
+def _cos_sin(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    t = u * _f32(4.0)
+    qf = torch.floor(t)
+    r = t - qf
+    flip = r > _f32(0.5)
+    r = torch.where(flip, _f32(1.0) - r, r)
+    a = r * _f32(1.57079637)
+    z = a * a
+    s = _f32(-1.9515295891e-4) * z
+    s = s + _f32(8.3321608736e-3)
+    s = s * z
+    s = s + _f32(-1.6666654611e-1)
+    s = s * z
+    s = s * a
+    s = s + a
+    c = _f32(2.443315711809948e-5) * z
+    c = c + _f32(-1.388731625493765e-3)
+    c = c * z
+    c = c + _f32(4.166664568298827e-2)
+    c = c * z
+    c = c * z
+    c = c - _f32(0.5) * z
+    c = c + _f32(1.0)
+    cb, sb = torch.where(flip, s, c), torch.where(flip, c, s)
+    q = qf.to(torch.int64)
+    cos = torch.where(q == 0, cb, torch.where(q == 1, -sb, torch.where(q == 2, -cb, sb)))
+    sin = torch.where(q == 0, sb, torch.where(q == 1, cb, torch.where(q == 2, -sb, -cb)))
+    return cos, sin
+
+
+def _box_muller(w_even: torch.Tensor, w_odd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.sqrt(_log(_unit(w_even)) * _f32(-2.0))
+    c, s = _cos_sin(_unit(w_odd))
+    return r * c, r * s
+
+
+def normals(n: int, seed: int = 0, stream: int = 0, offset: int = 0, device="cpu") -> torch.Tensor:
+    """``n`` float32 normals at global element indices ``offset .. offset + n - 1``."""
+    if n == 0:
+        return torch.empty(0, dtype=torch.float32, device=device)
+    g0, g1 = offset // 4, (offset + n + 3) // 4
+    w = philox_words(torch.arange(g0, g1, dtype=torch.int64, device=device), seed, stream)
+    n0, n1 = _box_muller(w[:, 0], w[:, 1])
+    n2, n3 = _box_muller(w[:, 2], w[:, 3])
+    z = torch.stack([n0, n1, n2, n3], dim=-1).reshape(-1)
+    start = offset - 4 * g0
+    return z[start:start + n]
+
+
+def _perturbed_value(x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.float64:
+        return x + z.to(torch.float64) * torch.tensor(sigma, dtype=torch.float64, device=x.device)
+    t = z * torch.tensor(sigma, dtype=torch.float32, device=x.device)
+    return (x.to(torch.float32) + t).to(x.dtype)
+
+
+def perturb_(tensors: Sequence[torch.Tensor], offsets: Sequence[int], sigma: float, seed: int, stream: int,
+             backups: Sequence[torch.Tensor]) -> None:
+    """In place ``t += sigma * z[offset:offset + numel]``, original values copied into ``backups``."""
+    for t, off, b in zip(tensors, offsets, backups):
+        z = normals(t.numel(), seed, stream, off, device=t.device).view(t.shape)
+        b.copy_(t.reshape(-1).view(b.dtype)) if b.dtype != t.dtype else b.copy_(t.reshape(-1))
+        t.copy_(_perturbed_value(t, sigma, z))
+
+
+def perturbed_copies(tensors: Sequence[torch.Tensor], offsets: Sequence[int], sigmas: Sequence[float], seed: int,
+                     streams: Sequence[int], outs: Sequence[Sequence[torch.Tensor]]) -> None:
+    """``outs[k][j] = tensors[j] + sigmas[k] * z(stream = streams[k])`` at the tensors' offsets."""
+    for sigma, stream, out_k in zip(sigmas, streams, outs):
+        for t, off, o in zip(tensors, offsets, out_k):
+            z = normals(t.numel(), seed, stream, off, device=t.device).view(t.shape)
+            o.copy_(_perturbed_value(t, sigma, z))
+
+
+def restore_(tensors: Sequence[torch.Tensor], backups: Sequence[torch.Tensor]) -> None:
+    for t, b in zip(tensors, backups):
+        t.reshape(-1).view(b.dtype).copy_(b) if b.dtype != t.dtype else t.reshape(-1).copy_(b)
