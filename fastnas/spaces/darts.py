@@ -1,0 +1,548 @@
+"""The DARTS search space (Liu et al., ICLR 2019) with GeNAS's single-path supernet.
+
+An architecture is a :class:`Genotype`: for the normal and the reduction cell, two ``(op, input)``
+edges per intermediate node. Inputs 0 and 1 are the two cell inputs, input ``k + 2`` is intermediate node
+``k``; node ``k`` (0-based) may take inputs ``0 .. k + 1``. As in GeNAS every node takes exactly two
+non-``none`` edges from two distinct predecessors; the output concatenates every intermediate node.
+
+Canonical form: the two edges of a node are sorted by input index, so equal genotypes compare equal.
+The text form is DARTS's ``repr`` of a genotype::
+
+    Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ...], normal_concat=[2, 3, 4, 5],
+             reduce=[...], reduce_concat=[2, 3, 4, 5])
+
+(``range(2, 6)`` is accepted for the concat lists, as printed by DARTS's search code).
+
+The supernet (:class:`DARTSSupernet`) uses DARTS's search-network conventions: every BN inside the cells is
+non-affine and pooling ops are followed by BN(affine=False) (``MixedOp``); one normal genotype is shared
+by all normal cells and one reduction genotype by the reduction cells. ``build`` returns the DARTS
+evaluation network (affine BN, no BN after pooling, optional auxiliary head and drop-path), whose size
+``params`` and cost ``flops`` report.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import keyword
+import random
+from pathlib import Path
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from fastnas.spaces import darts_ops
+from fastnas.spaces.base import Space, Supernet, register_space
+from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
+
+__all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "DARTS_V1", "DARTS_V2"]
+
+Edge = Tuple[str, int]
+
+# The operations a genotype may use: every primitive but ``none`` (GeNAS samples non-``none`` edges).
+OPS: Tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
+
+
+class Genotype(NamedTuple):
+    """A DARTS architecture: ``(op, input)`` edges of the normal and reduction cells, two per node."""
+
+    normal: Tuple[Edge, ...]
+    normal_concat: Tuple[int, ...]
+    reduce: Tuple[Edge, ...]
+    reduce_concat: Tuple[int, ...]
+
+
+_FIELDS = Genotype._fields
+
+
+def _format(g: Genotype) -> str:
+    return (f"Genotype(normal={list(g.normal)}, normal_concat={list(g.normal_concat)}, "
+            f"reduce={list(g.reduce)}, reduce_concat={list(g.reduce_concat)})")
+
+
+def _literal(node: ast.AST) -> Any:
+    """A literal value, or ``range(a, b)`` with literal integer bounds (never evaluates code)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
+            and not node.keywords and 1 <= len(node.args) <= 3):
+        bounds = [ast.literal_eval(a) for a in node.args]
+        if not all(type(b) is int for b in bounds):
+            raise ValueError("range() bounds must be integers")
+        return list(range(*bounds))
+    return ast.literal_eval(node)
+
+
+def _check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}: expected a positive integer")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Analytic size and cost of the evaluation network (mirrors darts_ops.NetworkCIFAR).
+# --------------------------------------------------------------------------------------------------
+
+def _half(n: int) -> int:
+    return (n - 1) // 2 + 1  # output size of every stride-2 op in the space (3x3/5x5 padded, 1x1)
+
+
+def _op_cost(name: str, C: int, stride: int, H: int, W: int) -> Tuple[int, int]:
+    """(parameters, conv MACs) of one op of the evaluation network (affine BN, no BN after pooling)."""
+    HW = (_half(H) * _half(W)) if stride == 2 else H * W
+    if name.startswith("sep_conv_"):
+        k = int(name[-1])
+        return 2 * (k * k * C + C * C) + 4 * C, 2 * (k * k * C + C * C) * HW
+    if name.startswith("dil_conv_"):
+        k = int(name[-1])
+        return k * k * C + C * C + 2 * C, (k * k * C + C * C) * HW
+    if name == "skip_connect" and stride == 2:
+        return 2 * C * (C // 2) + 2 * C, 2 * C * (C // 2) * HW
+    return 0, 0  # none, pooling, identity
+
+
+def _network_cost(g: Genotype, C: int, layers: int, num_classes: int, in_channels: int,
+                  stem_multiplier: int, resolution: int) -> Tuple[int, int]:
+    """(parameters, conv + linear MACs per image) of ``NetworkCIFAR`` without the auxiliary head."""
+    C_stem = stem_multiplier * C
+    H = W = resolution
+    params = 9 * in_channels * C_stem + 2 * C_stem
+    macs = 9 * in_channels * C_stem * H * W
+    C_pp, C_p, C_cur = C_stem, C_stem, C
+    H_pp = H_p = H
+    reduction_prev = False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_cur *= 2
+        edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
+        if reduction_prev:  # FactorizedReduce(C_pp, C_cur)
+            params += 2 * C_pp * (C_cur // 2) + 2 * C_cur
+            macs += 2 * C_pp * (C_cur // 2) * _half(H_pp) * _half(H_pp)
+        else:  # ReLUConvBN 1x1
+            params += C_pp * C_cur + 2 * C_cur
+            macs += C_pp * C_cur * H_pp * H_pp
+        params += C_p * C_cur + 2 * C_cur
+        macs += C_p * C_cur * H_p * H_p
+        for name, j in edges:
+            p, m = _op_cost(name, C_cur, 2 if reduction and j < 2 else 1, H_p, H_p)
+            params += p
+            macs += m
+        H_out = _half(H_p) if reduction else H_p
+        C_pp, C_p = C_p, len(concat) * C_cur
+        H_pp, H_p = H_p, H_out
+        reduction_prev = reduction
+    params += C_p * num_classes + num_classes
+    macs += C_p * num_classes
+    return params, macs
+
+
+# --------------------------------------------------------------------------------------------------
+# The space
+# --------------------------------------------------------------------------------------------------
+
+@register_space("darts")
+class DARTS(Space):
+    """The DARTS CNN search space (CIFAR setting).
+
+    Args:
+        C: initial channels of the supernet.
+        layers: cells of the supernet (reduction cells at ``layers // 3`` and ``2 * layers // 3``).
+        num_classes: classifier outputs (supernet and standalone networks).
+        in_channels: image channels.
+        resolution: input height and width used by :meth:`flops`.
+        steps: intermediate nodes per cell (4 in DARTS).
+        multiplier: intermediate nodes concatenated into the cell output (the last ``multiplier``).
+        stem_multiplier: stem width as a multiple of the initial channels.
+    """
+
+    name = "darts"
+
+    def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
+                 resolution: int = 32, steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3) -> None:
+        self.C = _check_positive("C", C)
+        self.layers = _check_positive("layers", layers)
+        self.num_classes = _check_positive("num_classes", num_classes)
+        self.in_channels = _check_positive("in_channels", in_channels)
+        self.resolution = _check_positive("resolution", resolution)
+        self.steps = _check_positive("steps", steps)
+        self.multiplier = _check_positive("multiplier", multiplier)
+        self.stem_multiplier = _check_positive("stem_multiplier", stem_multiplier)
+        if multiplier > steps:
+            raise ValueError(f"multiplier={multiplier}: expected at most steps={steps}")
+        self.concat: Tuple[int, ...] = tuple(range(2 + steps - multiplier, 2 + steps))
+
+    def config(self) -> Dict[str, Any]:
+        return dict(C=self.C, layers=self.layers, num_classes=self.num_classes, in_channels=self.in_channels,
+                    resolution=self.resolution, steps=self.steps, multiplier=self.multiplier,
+                    stem_multiplier=self.stem_multiplier)
+
+    def __repr__(self) -> str:
+        return f"DARTS({', '.join(f'{k}={v}' for k, v in self.config().items())})"
+
+    # -- validation and text form ------------------------------------------------------------------
+
+    def _cell(self, field: str, edges: Any) -> Tuple[Edge, ...]:
+        n = 2 * self.steps
+        if isinstance(edges, (str, bytes)) or not isinstance(edges, Sequence) or len(edges) != n:
+            got = f"{len(edges)} edges" if isinstance(edges, Sequence) else repr(edges)
+            raise ValueError(f"{field}={edges!r}: expected {n} (op, input) edges, two per node "
+                             f"({self.steps} nodes); got {got}")
+        out: List[Edge] = []
+        for e, edge in enumerate(edges):
+            if (isinstance(edge, (str, bytes)) or not isinstance(edge, Sequence) or len(edge) != 2
+                    or not isinstance(edge[0], str) or isinstance(edge[1], bool) or not isinstance(edge[1], int)):
+                raise ValueError(f"{field}[{e}]={edge!r}: expected an (op, input) pair such as ('sep_conv_3x3', 0)")
+            op, j = edge
+            k = e // 2
+            if op == "none":
+                raise ValueError(f"{field}[{e}]={edge!r}: 'none' is not allowed; every node takes two "
+                                 f"non-'none' edges (GeNAS); expected one of {list(OPS)}")
+            if op not in OPS:
+                close = difflib.get_close_matches(op, OPS, n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"{field}[{e}]={edge!r}: unknown op {op!r}; expected one of {list(OPS)}{hint}")
+            if not 0 <= j <= k + 1:
+                raise ValueError(f"{field}[{e}]={edge!r}: node {k} (0-based) takes inputs 0..{k + 1}, got {j}")
+            out.append((op, j))
+        for k in range(self.steps):
+            a, b = out[2 * k], out[2 * k + 1]
+            if a[1] == b[1]:
+                raise ValueError(f"{field}: node {k} has edges {a!r} and {b!r} from the same input {a[1]}; "
+                                 f"expected two distinct predecessors")
+            if a[1] > b[1]:
+                out[2 * k], out[2 * k + 1] = b, a
+        return tuple(out)
+
+    def _concat(self, field: str, concat: Any) -> Tuple[int, ...]:
+        try:
+            values = tuple(concat)
+        except TypeError:
+            values = None
+        if values != self.concat:
+            raise ValueError(f"{field}={concat!r}: expected {list(self.concat)} (the last {self.multiplier} "
+                             f"of {self.steps} nodes)")
+        return self.concat
+
+    def validate(self, arch: Any) -> Genotype:
+        """The canonical :class:`Genotype` of ``arch`` (a genotype, a 4-tuple or its text form).
+
+        Raises:
+            ValueError: quoting the offending part when ``arch`` is not in this space.
+        """
+        if isinstance(arch, str):
+            return self.parse(arch)
+        if all(hasattr(arch, f) for f in _FIELDS):
+            fields = [getattr(arch, f) for f in _FIELDS]
+        elif isinstance(arch, (tuple, list)) and len(arch) == 4:
+            fields = list(arch)
+        else:
+            raise ValueError(f"arch={arch!r}: expected a Genotype(normal, normal_concat, reduce, reduce_concat)")
+        return Genotype(self._cell("normal", fields[0]), self._concat("normal_concat", fields[1]),
+                        self._cell("reduce", fields[2]), self._concat("reduce_concat", fields[3]))
+
+    def format(self, arch: Any) -> str:
+        return _format(self.validate(arch))
+
+    def parse(self, text: str) -> Genotype:
+        """Genotype from DARTS's text form. Parses the text (``ast``) without evaluating it."""
+        if not isinstance(text, str):
+            raise ValueError(f"text={text!r}: expected a string such as {_format(DARTS_V2)!r}")
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as err:
+            raise ValueError(f"genotype {text!r} is malformed: {err.msg}") from None
+        call = tree.body
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+            raise ValueError(f"genotype {text!r} is malformed: expected 'Genotype(normal=[...], "
+                             f"normal_concat=[...], reduce=[...], reduce_concat=[...])'")
+        values: Dict[str, Any] = {}
+        try:
+            if len(call.args) > 4:
+                raise ValueError(f"{len(call.args)} positional arguments, expected at most 4")
+            for name, node in zip(_FIELDS, call.args):
+                values[name] = _literal(node)
+            for kw in call.keywords:
+                if kw.arg not in _FIELDS:
+                    raise ValueError(f"unknown field {kw.arg!r}; expected {list(_FIELDS)}")
+                if kw.arg in values:
+                    raise ValueError(f"field {kw.arg!r} given twice")
+                values[kw.arg] = _literal(kw.value)
+            missing = [f for f in _FIELDS if f not in values]
+            if missing:
+                raise ValueError(f"missing field(s) {missing}")
+            return self.validate(Genotype(*(values[f] for f in _FIELDS)))
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as err:
+            raise ValueError(f"genotype {text!r}: {err}") from None
+
+    # -- search operators --------------------------------------------------------------------------
+
+    def _sample_cell(self, rng: random.Random) -> Tuple[Edge, ...]:
+        edges: List[Edge] = []
+        for k in range(self.steps):
+            for j in sorted(rng.sample(range(k + 2), 2)):
+                edges.append((rng.choice(OPS), j))
+        return tuple(edges)
+
+    def sample(self, rng: random.Random) -> Genotype:
+        """Per node two distinct predecessors, each with a uniformly random non-``none`` op."""
+        return Genotype(self._sample_cell(rng), self.concat, self._sample_cell(rng), self.concat)
+
+    def _mutate_cell(self, edges: Sequence[Edge], prob: float, rng: random.Random) -> List[Edge]:
+        out = list(edges)
+        for k in range(self.steps):
+            for idx in (2 * k, 2 * k + 1):
+                if rng.random() < prob:
+                    other = out[idx ^ 1][1]
+                    j = rng.choice([i for i in range(k + 2) if i != other])
+                    out[idx] = (rng.choice(OPS), j)
+        return out
+
+    def mutate(self, arch: Any, prob: float, rng: random.Random) -> Genotype:
+        """Each ``(op, input)`` edge re-drawn with probability ``prob`` (input distinct from the node's other edge)."""
+        if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob={prob!r}: expected a probability in [0, 1]")
+        g = self.validate(arch)
+        return self.validate(Genotype(self._mutate_cell(g.normal, prob, rng), g.normal_concat,
+                                      self._mutate_cell(g.reduce, prob, rng), g.reduce_concat))
+
+    def crossover(self, a: Any, b: Any, rng: random.Random) -> Genotype:
+        """Each node's pair of edges taken from ``a`` or ``b`` with probability 1/2."""
+        ga, gb = self.validate(a), self.validate(b)
+
+        def mix(ea: Sequence[Edge], eb: Sequence[Edge]) -> List[Edge]:
+            out: List[Edge] = []
+            for k in range(self.steps):
+                src = ea if rng.random() < 0.5 else eb
+                out.extend(src[2 * k: 2 * k + 2])
+            return out
+
+        return self.validate(Genotype(mix(ga.normal, gb.normal), self.concat, mix(ga.reduce, gb.reduce), self.concat))
+
+    # -- size and cost -----------------------------------------------------------------------------
+
+    def params(self, arch: Any, *, C: int = 36, layers: int = 20) -> int:
+        """Parameters of ``build(arch, C=C, layers=layers)`` without the auxiliary head (DARTS's "param size")."""
+        g = self.validate(arch)
+        return _network_cost(g, _check_positive("C", C), _check_positive("layers", layers), self.num_classes,
+                             self.in_channels, self.stem_multiplier, self.resolution)[0]
+
+    def flops(self, arch: Any, *, C: int = 36, layers: int = 20, resolution: int | None = None) -> float:
+        """Millions of multiply-adds per image of ``build(arch, C=C, layers=layers)``.
+
+        Convention: convolution and linear-layer multiply-accumulates only (no BN, ReLU, pooling,
+        additions, biases), auxiliary head excluded; computed analytically at ``resolution`` (default:
+        the space's) in the network's eval mode.
+        """
+        g = self.validate(arch)
+        res = self.resolution if resolution is None else _check_positive("resolution", resolution)
+        macs = _network_cost(g, _check_positive("C", C), _check_positive("layers", layers), self.num_classes,
+                             self.in_channels, self.stem_multiplier, res)[1]
+        return macs / 1e6
+
+    # -- networks ----------------------------------------------------------------------------------
+
+    def supernet(self, **kwargs: Any) -> "DARTSSupernet":
+        """The single-path supernet; ``C`` and ``layers`` default to the space's (``None`` keeps them)."""
+        unknown = sorted(set(kwargs) - {"C", "layers"})
+        if unknown:
+            raise ValueError(f"supernet() got unknown argument(s) {unknown}; expected 'C', 'layers'")
+        C = kwargs.get("C") or self.C
+        layers = kwargs.get("layers") or self.layers
+        return DARTSSupernet(self, C=C, layers=layers)
+
+    def build(self, arch: Any, C: int = 36, layers: int = 20, auxiliary: bool = False,
+              drop_path_prob: float = 0.0) -> NetworkCIFAR:
+        """DARTS's evaluation network (``NetworkCIFAR``) of ``arch`` with fresh weights.
+
+        In train mode with ``auxiliary=True`` it returns ``(logits, aux_logits)``, else ``logits``.
+        """
+        g = self.validate(arch)
+        if not 0.0 <= drop_path_prob < 1.0:
+            raise ValueError(f"drop_path_prob={drop_path_prob!r}: expected a value in [0, 1)")
+        return NetworkCIFAR(_check_positive("C", C), self.num_classes, _check_positive("layers", layers), g,
+                            auxiliary=bool(auxiliary), in_channels=self.in_channels,
+                            stem_multiplier=self.stem_multiplier, drop_path_prob=float(drop_path_prob))
+
+
+# --------------------------------------------------------------------------------------------------
+# The supernet
+# --------------------------------------------------------------------------------------------------
+
+class _SearchCell(nn.Module):
+    """Every op on every edge (``edges[offset(k) + j][op]``), non-affine BN, BN after pooling."""
+
+    def __init__(self, steps: int, concat: Sequence[int], C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.reduction_prev = reduction_prev
+        self.C = C
+        self.concat = list(concat)
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for k in range(steps):
+            for j in range(k + 2):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(nn.ModuleDict(
+                    {name: make_op(name, C, stride, affine=False, pool_bn=True) for name in PRIMITIVES}))
+
+    @staticmethod
+    def edge_index(k: int, j: int) -> int:
+        """Index in ``edges`` of the edge from input ``j`` to intermediate node ``k``."""
+        return k * (k + 3) // 2 + j
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, edges: Sequence[Edge]) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for k in range(len(edges) // 2):
+            (op_a, j_a), (op_b, j_b) = edges[2 * k], edges[2 * k + 1]
+            states.append(self.edges[self.edge_index(k, j_a)][op_a](states[j_a])
+                          + self.edges[self.edge_index(k, j_b)][op_b](states[j_b]))
+        return torch.cat([states[i] for i in self.concat], dim=1)  # (B, multiplier * C, H', W')
+
+
+class DARTSSupernet(Supernet):
+    """GeNAS's single-path DARTS supernet: ``forward(x, genotype)`` runs only the genotype's edges.
+
+    Parameter names: ``stem.*``, ``cells.{i}.preprocess{0,1}.*``, ``cells.{i}.edges.{e}.{op}.*`` (edge
+    ``e = k * (k + 3) / 2 + j`` from input ``j`` to node ``k``), ``classifier.*``.
+
+    Args:
+        space: the :class:`DARTS` space (channels, classes, steps, multiplier).
+        C: initial channels.
+        layers: number of cells.
+    """
+
+    def __init__(self, space: DARTS, C: int = 16, layers: int = 8) -> None:
+        super().__init__()
+        self.space = space
+        self.C = _check_positive("C", C)
+        self.layers = _check_positive("layers", layers)
+        C_curr = space.stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(space.in_channels, C_curr, 3, padding=1, bias=False),
+            nn.BatchNorm2d(C_curr),
+        )
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(_SearchCell(space.steps, space.concat, C_prev_prev, C_prev, C_curr,
+                                          reduction, reduction_prev))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, space.multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, space.num_classes)
+        self._divisor = 2 ** sum(1 for c in self.cells if c.reduction)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        d, c = self._divisor, self.space.in_channels
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.size(1) != c or x.size(2) % d or x.size(3) % d:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"input of shape {shape}: expected (N, {c}, H, W) with H and W divisible by {d}")
+
+    def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:
+        """Logits ``(N, num_classes)`` of the path of ``arch`` for images ``x`` ``(N, in_channels, H, W)``."""
+        self._check_input(x)
+        g = self.space.validate(arch)
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, g.reduce if cell.reduction else g.normal)
+        out = self.global_pooling(s1)
+        return self.classifier(out.view(out.size(0), -1))  # (N, num_classes)
+
+    def _path_modules(self, g: Genotype) -> List[str]:
+        prefixes = ["stem."]
+        for i, cell in enumerate(self.cells):
+            prefixes += [f"cells.{i}.preprocess0.", f"cells.{i}.preprocess1."]
+            edges = g.reduce if cell.reduction else g.normal
+            for e, (op, j) in enumerate(edges):
+                prefixes.append(f"cells.{i}.edges.{cell.edge_index(e // 2, j)}.{op}.")
+        prefixes.append("classifier.")
+        return prefixes
+
+    def path_parameters(self, arch: Any) -> List[str]:
+        prefixes = tuple(self._path_modules(self.space.validate(arch)))
+        return [name for name, _ in self.named_parameters() if name.startswith(prefixes)]
+
+    def _standalone(self, g: Genotype) -> NetworkCIFAR:
+        return NetworkCIFAR(self.C, self.space.num_classes, self.layers, g, auxiliary=False,
+                            in_channels=self.space.in_channels, stem_multiplier=self.space.stem_multiplier,
+                            affine=False, pool_bn=True)
+
+    def extract(self, arch: Any) -> NetworkCIFAR:
+        """A ``NetworkCIFAR`` (supernet conventions: non-affine cell BN, BN after pooling) with this
+        path's weights and BN statistics copied in; same device, dtype and train/eval mode."""
+        g = self.space.validate(arch)
+        ref = self.classifier.weight
+        net = self._standalone(g).to(device=ref.device, dtype=ref.dtype)
+        with torch.no_grad():
+            net.stem.load_state_dict(self.stem.state_dict())
+            for cell, src in zip(net.cells, self.cells):
+                cell.preprocess0.load_state_dict(src.preprocess0.state_dict())
+                cell.preprocess1.load_state_dict(src.preprocess1.state_dict())
+                edges = g.reduce if src.reduction else g.normal
+                for e, (op, j) in enumerate(edges):
+                    cell.ops[e].load_state_dict(src.edges[src.edge_index(e // 2, j)][op].state_dict())
+            net.classifier.load_state_dict(self.classifier.state_dict())
+        net.train(self.training)
+        return net
+
+    def export_source(self, arch: Any, class_name: str = "Network") -> str:
+        """Python source of the network :meth:`extract` returns, genotype baked in; imports only torch
+        (and ``collections`` from the standard library). Load weights with
+        ``Network().load_state_dict(supernet.extract(arch).state_dict())``."""
+        g = self.space.validate(arch)
+        src = Path(darts_ops.__file__).read_text()
+        tree = ast.parse(src)
+        reserved = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+        reserved |= {"Genotype", "GENOTYPE", "PRIMITIVES", "torch", "nn", "namedtuple"}
+        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
+                or class_name in reserved:
+            raise ValueError(f"class_name={class_name!r}: expected a Python identifier not in {sorted(reserved)}")
+        first = tree.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            src = "\n".join(src.splitlines()[first.end_lineno:])
+        sp = self.space
+        return (
+            f'"""DARTS network exported by fastnas (supernet conventions: non-affine BN inside cells,\n'
+            f"BN(affine=False) after pooling).\n\n{_format(g)}\n"
+            f'"""\n\nfrom collections import namedtuple\n'
+            f"{src}\n\n"
+            f"Genotype = namedtuple(\"Genotype\", \"normal normal_concat reduce reduce_concat\")\n\n"
+            f"GENOTYPE = {_format(g)}\n\n\n"
+            f"class {class_name}(NetworkCIFAR):\n"
+            f'    """The exported network; its state_dict keys match the extracted module\'s."""\n\n'
+            f"    def __init__(self, num_classes: int = {sp.num_classes}, drop_path_prob: float = 0.0) -> None:\n"
+            f"        super().__init__(C={self.C}, num_classes=num_classes, layers={self.layers}, "
+            f"genotype=GENOTYPE,\n"
+            f"                         in_channels={sp.in_channels}, stem_multiplier={sp.stem_multiplier}, "
+            f"affine=False, pool_bn=True,\n"
+            f"                         drop_path_prob=drop_path_prob)\n\n\n"
+            f"__all__ = [*__all__, \"Genotype\", \"GENOTYPE\", {class_name!r}]\n"
+        )
+
+
+def _canonical(normal: Sequence[Edge], reduce: Sequence[Edge]) -> Genotype:
+    return DARTS().validate(Genotype(tuple(normal), (2, 3, 4, 5), tuple(reduce), (2, 3, 4, 5)))
+
+
+# The genotypes published with DARTS (first- and second-order search), canonical form.
+DARTS_V1 = _canonical(
+    [("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+     ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+     ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+)
+DARTS_V2 = _canonical(
+    [("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+     ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    [("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+     ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+)
