@@ -119,9 +119,10 @@ def _as_tensor(a: ArrayLike, what: str) -> torch.Tensor:
 def _to_nchw(x: torch.Tensor, layout: Optional[str], what: str) -> torch.Tensor:
     """(N,H,W) -> (N,1,H,W); (N,C,H,W) kept; (N,H,W,C) transposed.
 
-    Channels-last detection when ``layout`` is None: a 4-D array is taken as NHWC when its last dim
-    is 1, 3 or 4 and its second dim is not; otherwise NCHW. Pass ``layout="nhwc"``/``"nchw"`` to
-    settle ambiguous shapes (e.g. 3x3 RGB images).
+    Channels-last detection when ``layout`` is None, for a 4-D array ``(N, A, B, D)``:
+    1. if exactly one reading gives square images (``B == D`` for NCHW, ``A == B`` for NHWC), that one;
+    2. else NHWC when ``D`` is 1, 3 or 4 and ``A`` is not; otherwise NCHW.
+    Pass ``layout="nhwc"``/``"nchw"`` to settle shapes this gets wrong.
     """
     if layout is not None and layout not in ("nchw", "nhwc"):
         raise ValueError(f"Invalid layout: {layout!r} (expected 'nchw', 'nhwc' or None)")
@@ -130,7 +131,11 @@ def _to_nchw(x: torch.Tensor, layout: Optional[str], what: str) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"{what}: expected (N,H,W), (N,C,H,W) or (N,H,W,C), got shape {tuple(x.shape)}")
     if layout is None:
-        layout = "nhwc" if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4) else "nchw"
+        _, a, b, d = x.shape
+        if (b == d) != (a == b):
+            layout = "nchw" if b == d else "nhwc"
+        else:
+            layout = "nhwc" if d in (1, 3, 4) and a not in (1, 3, 4) else "nchw"
     return x.permute(0, 3, 1, 2) if layout == "nhwc" else x
 
 
@@ -177,8 +182,9 @@ def from_tensors(
         test_fraction: share held out when there is no test set.
         scale: images are divided by this before normalisation; default 255 for uint8 input,
             1 otherwise.
-        layout: ``"nchw"``, ``"nhwc"`` or ``None`` (detect: a 4-D array whose last dim is 1, 3 or 4
-            and whose second dim is not is channels-last).
+        layout: ``"nchw"``, ``"nhwc"`` or ``None`` to detect: for 4-D ``(N, A, B, D)``, the reading
+            that gives square images if only one does, else NHWC when ``D`` is 1, 3 or 4 and ``A``
+            is not, else NCHW.
         normalize: normalise per channel with the training mean/std (else mean 0, std 1 recorded).
         classes: optional class names.
         augment: recorded on the dataset (see :class:`Dataset`).

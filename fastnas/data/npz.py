@@ -17,9 +17,9 @@ __all__ = ["load_npz", "load_digits"]
 def load_npz(path: PathLike, data_dir: Optional[PathLike] = None, seed: int = 0, **kw) -> Dataset:
     """A dataset from a ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``).
 
-    ``x`` may be ``(N,H,W)``, ``(N,C,H,W)`` or ``(N,H,W,C)``: a 4-D array is read as channels-last
-    when its last dim is 1, 3 or 4 and its second dim is not (pass ``layout="nchw"``/``"nhwc"`` to
-    override). uint8 images are scaled by 1/255, other dtypes used as stored. Without a test set, a
+    ``x`` may be ``(N,H,W)``, ``(N,C,H,W)`` or ``(N,H,W,C)``. A 4-D ``(N, A, B, D)`` is read as
+    channels-last if only that reading gives square images (``A == B != D``), or, when both or
+    neither do, if ``D`` is 1, 3 or 4 and ``A`` is not; pass ``layout="nchw"``/``"nhwc"`` to override. uint8 images are scaled by 1/255, other dtypes used as stored. Without a test set, a
     seeded stratified 80/20 split (``seed``) holds one out. A relative ``path`` is also looked up
     under ``data_dir``.
     """

@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastnas.data import Batches, augment, batches, from_tensors, load_dataset, split_for_search
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+# ---- split_for_search ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("stratified", [True, False])
+def test_split_sizes_disjoint_deterministic(stratified):
+    n = 101
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 2, 2).contiguous()
+    y = torch.arange(n) % 3
+    ds = from_tensors(x, y, x[:5], y[:5], normalize=False)
+    s = split_for_search(ds, seed=7, stratified=stratified)
+    (a, ya), (b, yb) = s.supernet_train, s.search_valid
+    assert a.shape[0] + b.shape[0] == n and abs(a.shape[0] - b.shape[0]) <= 3
+    ia, ib = set(a[:, 0, 0, 0].long().tolist()), set(b[:, 0, 0, 0].long().tolist())
+    assert not ia & ib and ia | ib == set(range(n))
+    assert ya.tolist() == [i % 3 for i in sorted(ia)]  # labels travel with their images
+    assert s.test[0] is ds.test_x
+    s2 = split_for_search(ds, seed=7, stratified=stratified)
+    assert torch.equal(s2.supernet_train[0], a) and torch.equal(s2.search_valid[1], yb)
+    s3 = split_for_search(ds, seed=8, stratified=stratified)
+    assert not torch.equal(s3.supernet_train[0], a)
+    if stratified:
+        for c in range(3):
+            assert abs((ya == c).sum().item() - (yb == c).sum().item()) <= 1
+
+
+def test_split_digits(digits):
+    s = split_for_search(digits, seed=0)
+    (a, ya), (b, yb) = s.supernet_train, s.search_valid
+    assert a.shape[0] + b.shape[0] == digits.train_x.shape[0]
+    assert abs(a.shape[0] - b.shape[0]) <= 10
+    assert set(ya.tolist()) == set(yb.tolist()) == set(range(10))
+
+
+def test_split_bad_fraction(digits):
+    with pytest.raises(ValueError, match="fraction"):
+        split_for_search(digits, valid_fraction=1.0)
+    with pytest.raises(ValueError, match="valid_fraction"):
+        split_for_search(digits, valid_fraction=0.0, stratified=False)
+
+
+# ---- augment -------------------------------------------------------------------------------------
+
+def test_augment_deterministic_and_changes_images():
+    x = torch.randn(64, 3, 32, 32)
+    a = augment(x, torch.Generator().manual_seed(1))
+    b = augment(x, torch.Generator().manual_seed(1))
+    c = augment(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    changed = (a != x).flatten(1).any(1)
+    assert changed.float().mean() > 0.8  # P(no shift, no flip) = 1/162
+    assert torch.equal(x, x.clone())  # input untouched
+
+
+def test_augment_matches_per_image_reference():
+    torch.manual_seed(0)
+    x = torch.randn(20, 2, 7, 7)
+    g = torch.Generator().manual_seed(5)
+    out = augment(x, g, padding=3, fill=(0.5, -1.0))
+    g = torch.Generator().manual_seed(5)
+    off = torch.randint(0, 7, (2, 20), generator=g)
+    flips = torch.rand(20, generator=g) < 0.5
+    for i in range(20):
+        p = torch.empty(2, 13, 13)
+        p[0], p[1] = 0.5, -1.0
+        p[:, 3:10, 3:10] = x[i]
+        ref = p[:, off[0, i]:off[0, i] + 7, off[1, i]:off[1, i] + 7]
+        if flips[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+
+
+def test_augment_no_padding_no_flip_is_identity():
+    x = torch.randn(4, 1, 5, 5)
+    assert torch.equal(augment(x, torch.Generator(), padding=0, flip=False), x)
+    with pytest.raises(ValueError, match="fill"):
+        augment(x, torch.Generator(), fill=(1.0, 2.0))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        augment(x[0], torch.Generator())
+
+
+# ---- batches -------------------------------------------------------------------------------------
+
+def _data(n=50):
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    return x, torch.arange(n)
+
+
+def test_batches_cover_and_deterministic():
+    x, y = _data()
+    got = list(batches(x, y, 16, shuffle=True, seed=3, epoch=2))
+    assert [b[0].shape[0] for b in got] == [16, 16, 16, 2]
+    ys = torch.cat([b[1] for b in got])
+    assert sorted(ys.tolist()) == list(range(50)) and ys.tolist() != list(range(50))
+    for xb, yb in got:
+        assert torch.equal(xb[:, 0, 0, 0].long(), yb)
+    again = list(batches(x, y, 16, shuffle=True, seed=3, epoch=2))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(got, again))
+    other = torch.cat([b[1] for b in batches(x, y, 16, shuffle=True, seed=3, epoch=3)])
+    assert not torch.equal(other, ys)
+    assert len(Batches(x, y, 16)) == 4 and len(Batches(x, y, 16, drop_last=True)) == 3
+    assert [b[0].shape[0] for b in batches(x, y, 16, drop_last=True)] == [16, 16, 16]
+    assert torch.cat([b[1] for b in batches(x, y, 16, shuffle=False)]).tolist() == list(range(50))
+
+
+def test_batches_resume_reproduces_augmented_batches():
+    x = torch.randn(70, 3, 8, 8)
+    y = torch.arange(70)
+    full = list(batches(x, y, 10, seed=1, epoch=4, augment=True))
+    resumed = list(Batches(x, y, 10, seed=1, epoch=4, augment=True, start=3))
+    assert len(resumed) == len(full) - 3 == len(Batches(x, y, 10, start=3))
+    for (a, ya), (b, yb) in zip(full[3:], resumed):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    plain = list(batches(x, y, 10, seed=1, epoch=4))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(full, plain))
+    assert not torch.equal(full[0][0], plain[0][0])
+
+
+def test_batches_validation():
+    x, y = _data(5)
+    with pytest.raises(ValueError, match="batch_size"):
+        Batches(x, y, 0)
+    with pytest.raises(ValueError, match="samples"):
+        Batches(x, y[:4], 2)
