@@ -1,1 +1,54 @@
-"""fastnas.ops."""
+"""The kernels as Python functions; one dispatch point per op; pure-torch references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+
+from fastnas.ops._dispatch import all_dispatchers
+from fastnas.ops.layout import ParamLayout
+from fastnas.ops.perturb import (Backup, noise, perturb_, perturbed, perturbed_copies, philox_words,
+                                 restore_)
+
+__all__ = ["Backup", "BackendStatus", "ParamLayout", "backends", "noise", "perturb_", "perturbed",
+           "perturbed_copies", "philox_words", "restore_"]
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Availability of one backend: ``reason`` says why it is not available (None when it is)."""
+
+    name: str
+    available: bool
+    reason: str | None
+    devices: Tuple[str, ...]
+    ops: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        state = "available" if self.available else f"unavailable: {self.reason}"
+        return f"{self.name:<10} {state} (devices: {', '.join(self.devices)}; ops: {', '.join(self.ops)})"
+
+
+def backends() -> Dict[str, BackendStatus]:
+    """Every kernel backend, whether it can run here and, if not, why.
+
+    Example::
+
+        >>> for status in fastnas.backends().values(): print(status)
+        reference  available (devices: cpu, cuda; ops: perturb)
+        cpp        available (devices: cpu; ops: perturb)
+        cuda       unavailable: torch reports no CUDA device (devices: cuda; ops: perturb)
+    """
+    found: Dict[str, list] = {}
+    for d in all_dispatchers():
+        for name, b in d.backends.items():
+            found.setdefault(name, []).append((d.op, b))
+    out = {}
+    for name, entries in found.items():
+        b = entries[0][1]
+        reason = b.unavailable_reason()
+        out[name] = BackendStatus(name, reason is None, reason, tuple(b.supported_devices()),
+                                  tuple(op for op, _ in entries))
+    return out

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["philox_words", "normals", "perturb_", "perturbed_copies", "restore_"]
+__all__ = ["philox_words", "normals", "perturb", "words", "normals_into", "copy"]
 
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -119,7 +119,9 @@ def _cos_sin(u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _box_muller(w_even: torch.Tensor, w_odd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.sqrt(_log(_unit(w_even)) * _f32(-2.0))
+    # Correctly rounded float32 sqrt (torch's float32 sqrt on CPU may be 1 ulp off): sqrt in float64
+    # then one rounding, which is exact for sqrt (53 >= 2 * 24 + 2 bits).
+    r = torch.sqrt((_log(_unit(w_even)) * _f32(-2.0)).to(torch.float64)).to(torch.float32)
     c, s = _cos_sin(_unit(w_odd))
     return r * c, r * s
 
@@ -144,24 +146,27 @@ def _perturbed_value(x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Te
     return (x.to(torch.float32) + t).to(x.dtype)
 
 
-def perturb_(tensors: Sequence[torch.Tensor], offsets: Sequence[int], sigma: float, seed: int, stream: int,
-             backups: Sequence[torch.Tensor]) -> None:
-    """In place ``t += sigma * z[offset:offset + numel]``, original values copied into ``backups``."""
-    for t, off, b in zip(tensors, offsets, backups):
-        z = normals(t.numel(), seed, stream, off, device=t.device).view(t.shape)
-        b.copy_(t.reshape(-1).view(b.dtype)) if b.dtype != t.dtype else b.copy_(t.reshape(-1))
-        t.copy_(_perturbed_value(t, sigma, z))
+def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backups: Sequence[torch.Tensor] | None,
+            offsets: Sequence[int], sigma: float, seed: int, stream: int) -> None:
+    """``dst = src + sigma * z[offset:offset + numel]`` per tensor; ``backup = src`` first (flat views)."""
+    for k, (src, dst, off) in enumerate(zip(srcs, dsts, offsets)):
+        z = normals(src.numel(), seed, stream, off, device=src.device).view(src.shape)
+        value = _perturbed_value(src, sigma, z)
+        if backups is not None:
+            backups[k].copy_(src.reshape(-1))
+        dst.copy_(value)
 
 
-def perturbed_copies(tensors: Sequence[torch.Tensor], offsets: Sequence[int], sigmas: Sequence[float], seed: int,
-                     streams: Sequence[int], outs: Sequence[Sequence[torch.Tensor]]) -> None:
-    """``outs[k][j] = tensors[j] + sigmas[k] * z(stream = streams[k])`` at the tensors' offsets."""
-    for sigma, stream, out_k in zip(sigmas, streams, outs):
-        for t, off, o in zip(tensors, offsets, out_k):
-            z = normals(t.numel(), seed, stream, off, device=t.device).view(t.shape)
-            o.copy_(_perturbed_value(t, sigma, z))
+def words(out: torch.Tensor, group0: int, seed: int, stream: int) -> None:
+    """``out[j, r]`` = word ``r`` of group ``group0 + j`` (as int64 in ``[0, 2**32)``)."""
+    g = torch.arange(group0, group0 + out.shape[0], dtype=torch.int64, device=out.device)
+    out.copy_(philox_words(g, seed, stream))
 
 
-def restore_(tensors: Sequence[torch.Tensor], backups: Sequence[torch.Tensor]) -> None:
-    for t, b in zip(tensors, backups):
-        t.reshape(-1).view(b.dtype).copy_(b) if b.dtype != t.dtype else t.reshape(-1).copy_(b)
+def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None:
+    out.copy_(normals(out.numel(), seed, stream, offset, device=out.device))
+
+
+def copy(dsts: Sequence[torch.Tensor], srcs: Sequence[torch.Tensor]) -> None:
+    for d, s in zip(dsts, srcs):
+        d.copy_(s)

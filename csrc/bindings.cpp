@@ -1,0 +1,110 @@
+// The pybind11 module fastnas._C: thin bindings over raw pointers and sizes (no torch headers).
+// The Python layer (fastnas/ops) validates every tensor before its address reaches this file.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "perturb/perturb.h"
+
+namespace py = pybind11;
+using fastnas::PerturbItem;
+
+namespace {
+
+std::vector<PerturbItem> make_items(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
+                                    const std::vector<uintptr_t>& backup, const std::vector<int64_t>& numel,
+                                    const std::vector<int64_t>& offset, const std::vector<int>& dtype) {
+  const size_t n = src.size();
+  if (dst.size() != n || numel.size() != n || offset.size() != n || dtype.size() != n ||
+      (!backup.empty() && backup.size() != n))
+    throw std::invalid_argument("perturb: argument lists differ in length");
+  std::vector<PerturbItem> items(n);
+  for (size_t i = 0; i < n; ++i)
+    items[i] = PerturbItem{src[i], dst[i], backup.empty() ? 0 : backup[i], numel[i], offset[i], dtype[i]};
+  return items;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fastnas native kernels (C++ CPU, optional CUDA) over raw buffers";
+
+  m.def(
+      "perturb_cpu",
+      [](const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& backup,
+         const std::vector<int64_t>& numel, const std::vector<int64_t>& offset, const std::vector<int>& dtype,
+         double sigma, uint32_t seed, uint32_t stream, int threads) {
+        auto items = make_items(src, dst, backup, numel, offset, dtype);
+        py::gil_scoped_release nogil;
+        fastnas::cpu::perturb(items, sigma, seed, stream, threads);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("backup"), py::arg("numel"), py::arg("offset"), py::arg("dtype"),
+      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("threads"));
+
+  m.def(
+      "normals_cpu",
+      [](uintptr_t out, int64_t n, int64_t offset, uint32_t seed, uint32_t stream, int threads) {
+        py::gil_scoped_release nogil;
+        fastnas::cpu::normals(reinterpret_cast<float*>(out), n, offset, seed, stream, threads);
+      },
+      py::arg("out"), py::arg("n"), py::arg("offset"), py::arg("seed"), py::arg("stream"), py::arg("threads"));
+
+  m.def(
+      "philox_words_cpu",
+      [](uintptr_t out, int64_t groups, int64_t group0, uint32_t seed, uint32_t stream, int threads) {
+        py::gil_scoped_release nogil;
+        fastnas::cpu::philox_words(reinterpret_cast<uint32_t*>(out), groups, group0, seed, stream, threads);
+      },
+      py::arg("out"), py::arg("groups"), py::arg("group0"), py::arg("seed"), py::arg("stream"), py::arg("threads"));
+
+  m.def(
+      "copy_many_cpu",
+      [](const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& src, const std::vector<int64_t>& nbytes,
+         int threads) {
+        if (dst.size() != src.size() || dst.size() != nbytes.size())
+          throw std::invalid_argument("copy_many: argument lists differ in length");
+        py::gil_scoped_release nogil;
+        fastnas::cpu::copy_many(dst, src, nbytes, threads);
+      },
+      py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::arg("threads"));
+
+  m.def("simd_variant", &fastnas::cpu::simd_variant);
+
+#if defined(FASTNAS_WITH_CUDA)
+  m.attr("has_cuda") = true;
+  m.def(
+      "perturb_cuda",
+      [](const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& backup,
+         const std::vector<int64_t>& numel, const std::vector<int64_t>& offset, const std::vector<int>& dtype,
+         double sigma, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+        auto items = make_items(src, dst, backup, numel, offset, dtype);
+        py::gil_scoped_release nogil;
+        fastnas::cuda::perturb(items, sigma, seed, stream, cuda_stream);
+      },
+      py::arg("src"), py::arg("dst"), py::arg("backup"), py::arg("numel"), py::arg("offset"), py::arg("dtype"),
+      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("cuda_stream"));
+  m.def(
+      "normals_cuda",
+      [](uintptr_t out, int64_t n, int64_t offset, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+        py::gil_scoped_release nogil;
+        fastnas::cuda::normals(reinterpret_cast<float*>(out), n, offset, seed, stream, cuda_stream);
+      },
+      py::arg("out"), py::arg("n"), py::arg("offset"), py::arg("seed"), py::arg("stream"), py::arg("cuda_stream"));
+  m.def(
+      "philox_words_cuda",
+      [](uintptr_t out, int64_t groups, int64_t group0, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+        py::gil_scoped_release nogil;
+        fastnas::cuda::philox_words(reinterpret_cast<uint32_t*>(out), groups, group0, seed, stream, cuda_stream);
+      },
+      py::arg("out"), py::arg("groups"), py::arg("group0"), py::arg("seed"), py::arg("stream"),
+      py::arg("cuda_stream"));
+#else
+  m.attr("has_cuda") = false;
+#endif
+#if defined(FASTNAS_VERSION)
+  m.attr("__version__") = FASTNAS_VERSION;
+#endif
+}

@@ -1,0 +1,159 @@
+// CUDA perturbation kernels. One thread per Philox group (4 consecutive global element indices),
+// one launch per batch of up to kMaxItems tensors. Memory traffic with backup: read N, write 2N.
+// Compiled with --fmad=false so the float arithmetic rounds like the torch reference.
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "perturb/perturb.h"
+#include "philox.h"
+
+namespace fastnas {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxItems = 48;
+
+struct DeviceItem {
+  char* src;
+  char* dst;
+  char* backup;
+  int64_t numel;
+  int64_t offset;
+  int dtype;
+};
+
+struct Batch {
+  DeviceItem items[kMaxItems];
+  int64_t block_start[kMaxItems + 1];  // prefix sum of blocks per item
+  int count;
+};
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+__device__ __forceinline__ float load_f32(const char* p, int dtype, int64_t j) {
+  switch (dtype) {
+    case kFloat16: return half_to_float(reinterpret_cast<const uint16_t*>(p)[j]);
+    case kBFloat16: return bf16_to_float(reinterpret_cast<const uint16_t*>(p)[j]);
+    default: return reinterpret_cast<const float*>(p)[j];
+  }
+}
+
+__device__ __forceinline__ void apply(const DeviceItem& it, int64_t j, float z, float s32, double s64) {
+  switch (it.dtype) {
+    case kFloat64: {
+      const double x = reinterpret_cast<const double*>(it.src)[j];
+      if (it.backup) reinterpret_cast<double*>(it.backup)[j] = x;
+      const double t = static_cast<double>(z) * s64;
+      reinterpret_cast<double*>(it.dst)[j] = x + t;
+      return;
+    }
+    case kFloat32: {
+      const float x = reinterpret_cast<const float*>(it.src)[j];
+      if (it.backup) reinterpret_cast<float*>(it.backup)[j] = x;
+      const float t = z * s32;
+      reinterpret_cast<float*>(it.dst)[j] = x + t;
+      return;
+    }
+    default: {
+      const uint16_t raw = reinterpret_cast<const uint16_t*>(it.src)[j];
+      if (it.backup) reinterpret_cast<uint16_t*>(it.backup)[j] = raw;
+      const float x = it.dtype == kFloat16 ? half_to_float(raw) : bf16_to_float(raw);
+      const float t = z * s32;
+      const float y = x + t;
+      reinterpret_cast<uint16_t*>(it.dst)[j] = it.dtype == kFloat16 ? float_to_half(y) : float_to_bf16(y);
+    }
+  }
+}
+
+__global__ void perturb_kernel(const Batch batch, float s32, double s64, uint32_t k0, uint32_t k1) {
+  const int64_t block = blockIdx.x;
+  int i = 0;
+  while (i + 1 < batch.count && batch.block_start[i + 1] <= block) ++i;
+  const DeviceItem& it = batch.items[i];
+  const int64_t g_first = it.offset >> 2;
+  const int64_t g = g_first + (block - batch.block_start[i]) * kThreads + threadIdx.x;
+  const int64_t end = it.offset + it.numel;
+  if (4 * g >= end) return;
+  float z[4];
+  normals4(static_cast<uint64_t>(g), k0, k1, z[0], z[1], z[2], z[3]);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t gi = 4 * g + r;
+    if (gi >= it.offset && gi < end) apply(it, gi - it.offset, z[r], s32, s64);
+  }
+}
+
+__global__ void normals_kernel(float* out, int64_t n, int64_t offset, uint32_t k0, uint32_t k1) {
+  const int64_t g = (offset >> 2) + static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (4 * g >= offset + n) return;
+  float z[4];
+  normals4(static_cast<uint64_t>(g), k0, k1, z[0], z[1], z[2], z[3]);
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int64_t gi = 4 * g + r;
+    if (gi >= offset && gi < offset + n) out[gi - offset] = z[r];
+  }
+}
+
+__global__ void words_kernel(uint32_t* out, int64_t groups, int64_t group0, uint32_t k0, uint32_t k1) {
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (j >= groups) return;
+  const uint64_t g = static_cast<uint64_t>(group0 + j);
+  const Words w = philox4x32_10(static_cast<uint32_t>(g), static_cast<uint32_t>(g >> 32), k0, k1);
+  reinterpret_cast<uint4*>(out)[j] = make_uint4(w.w0, w.w1, w.w2, w.w3);
+}
+
+}  // namespace
+
+void perturb(const std::vector<PerturbItem>& items, double sigma, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+  auto st = reinterpret_cast<cudaStream_t>(cuda_stream);
+  const float s32 = static_cast<float>(sigma);
+  size_t pos = 0;
+  while (pos < items.size()) {
+    Batch batch{};
+    int64_t blocks = 0;
+    int count = 0;
+    for (; pos < items.size() && count < kMaxItems; ++pos) {
+      const PerturbItem& p = items[pos];
+      if (p.numel < 0 || p.offset < 0) throw std::invalid_argument("perturb: negative size or offset");
+      if (p.numel == 0) continue;
+      const int64_t groups = (p.offset + p.numel + 3) / 4 - p.offset / 4;
+      batch.items[count] = DeviceItem{reinterpret_cast<char*>(p.src), reinterpret_cast<char*>(p.dst),
+                                      reinterpret_cast<char*>(p.backup), p.numel, p.offset, p.dtype};
+      batch.block_start[count] = blocks;
+      blocks += (groups + kThreads - 1) / kThreads;
+      ++count;
+    }
+    if (count == 0) continue;
+    batch.block_start[count] = blocks;
+    batch.count = count;
+    if (blocks > 0x7FFFFFFF) throw std::invalid_argument("perturb: too many elements for one launch");
+    perturb_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(batch, s32, sigma, seed, stream);
+    check(cudaGetLastError(), "perturb_kernel launch");
+  }
+}
+
+void normals(float* out, int64_t n, int64_t offset, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+  if (n <= 0) return;
+  const int64_t groups = (offset + n + 3) / 4 - offset / 4;
+  const int64_t blocks = (groups + kThreads - 1) / kThreads;
+  normals_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(cuda_stream)>>>(
+      out, n, offset, seed, stream);
+  check(cudaGetLastError(), "normals_kernel launch");
+}
+
+void philox_words(uint32_t* out, int64_t groups, int64_t group0, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
+  if (groups <= 0) return;
+  const int64_t blocks = (groups + kThreads - 1) / kThreads;
+  words_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(cuda_stream)>>>(
+      out, groups, group0, seed, stream);
+  check(cudaGetLastError(), "words_kernel launch");
+}
+
+}  // namespace cuda
+}  // namespace fastnas
