@@ -55,14 +55,15 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, fl
     if n == 0:
         return x.clone()
     if padding > 0:
-        fills = torch.as_tensor(fill, dtype=x.dtype, device=x.device).reshape(-1)
-        if fills.numel() not in (1, c):
-            raise ValueError(f"fill: expected 1 or {c} values, got {fills.numel()}")
-        xp = F.pad(x, (padding,) * 4, value=0.0)
-        if fills.numel() == c or float(fills[0]) != 0.0:
+        fills = [float(v) for v in torch.as_tensor(fill, dtype=torch.float64).reshape(-1).tolist()]
+        if len(fills) not in (1, c):
+            raise ValueError(f"fill: expected 1 or {c} values, got {len(fills)}")
+        xp = F.pad(x, (padding,) * 4, value=fills[0])
+        if len(set(fills)) > 1:
+            fills = torch.tensor(fills, dtype=x.dtype, device=x.device)
             border = torch.ones(1, 1, h + 2 * padding, w + 2 * padding, dtype=torch.bool, device=x.device)
             border[..., padding:padding + h, padding:padding + w] = False
-            xp = torch.where(border, fills.expand(c).view(1, c, 1, 1), xp)
+            xp = torch.where(border, fills.view(1, c, 1, 1), xp)
         rows = off[0].view(n, 1) + torch.arange(h, device=x.device)  # (N, H)
         cols = off[1].view(n, 1) + torch.arange(w, device=x.device)  # (N, W)
         nidx = torch.arange(n, device=x.device).view(n, 1, 1, 1)

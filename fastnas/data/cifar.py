@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 

@@ -10,7 +10,7 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 

@@ -133,3 +133,15 @@ def test_batches_validation():
         Batches(x, y, 0)
     with pytest.raises(ValueError, match="samples"):
         Batches(x, y[:4], 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_augment_and_batches_on_cuda():
+    x = torch.randn(33, 3, 8, 8)
+    cpu = augment(x, torch.Generator().manual_seed(3), fill=(0.1, 0.2, 0.3))
+    gpu = augment(x.cuda(), torch.Generator().manual_seed(3), fill=(0.1, 0.2, 0.3))
+    assert torch.equal(cpu, gpu.cpu())
+    a = list(batches(x, torch.arange(33), 8, seed=2, augment=True))
+    b = list(batches(x, torch.arange(33), 8, seed=2, augment=True, device="cuda"))
+    assert all(torch.equal(p[0], q[0].cpu()) and q[0].is_cuda for p, q in zip(a, b))
