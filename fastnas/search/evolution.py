@@ -1,0 +1,293 @@
+"""Evolutionary search as in SPOS and GeNAS: top-k selection, mutation, crossover, random fill.
+
+One generation:
+
+1. propose the candidates (generation 0: ``population`` random architectures; later: ``mutations``
+   children of random top-k parents, ``crossovers`` children of random top-k pairs, then random fill up
+   to ``population``). Every candidate is valid, within ``max_params``/``max_flops`` and never seen
+   before; each child gets ``max_tries`` attempts. When nothing new can be proposed the space is
+   exhausted and the search stops early;
+2. score every candidate (no architecture is ever scored twice);
+3. top-k := the best ``topk`` of the old top-k and the new candidates (so: of everything scored).
+   Order: unflagged before flagged (NaN/inf scores are flagged), higher score first, then first seen.
+
+``generations`` counts scored generations, so at most ``population * generations`` architectures are
+scored. The search state (generation, random-number state, queued candidates, top-k, history) is a
+plain object with a JSON-safe :meth:`EvolutionState.state_dict`; a run resumed from any checkpoint the
+callback took produces exactly the history of an uninterrupted run. Candidates are proposed (all random
+draws of a generation) before any is scored, so the random stream never depends on scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+from fastnas.metrics.combine import Score
+from fastnas.search.history import (
+    Callback, Constraints, Proposer, ScoreFn, SearchRecord, SearchResult, score_arch, top_indices,
+)
+
+__all__ = ["EvolutionConfig", "EvolutionState", "evolve", "Score"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Settings of :func:`evolve` (defaults: SPOS / GeNAS DARTS).
+
+    Attributes:
+        population: candidates per generation.
+        topk: parents kept ("select" in SPOS).
+        mutations: mutated children per generation (each gene resampled with ``mutate_prob``).
+        crossovers: crossover children per generation.
+        mutate_prob: per-gene mutation probability.
+        generations: scored generations, including the random generation 0.
+        seed: seed of the search's ``random.Random``.
+        max_params: upper limit on ``space.params(arch)`` (None: none).
+        max_flops: upper limit on ``space.flops(arch)``, millions (None: none; SPOS ImageNet uses 330).
+        max_tries: attempts to produce each new child before giving up on it.
+    """
+
+    population: int = 50
+    topk: int = 10
+    mutations: int = 25
+    crossovers: int = 25
+    mutate_prob: float = 0.1
+    generations: int = 20
+    seed: int = 0
+    max_params: Optional[float] = None
+    max_flops: Optional[float] = None
+    max_tries: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("population", "topk", "generations", "max_tries"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+        for name in ("mutations", "crossovers", "seed"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ValueError(f"{name}={value!r}: expected an integer >= 0")
+        if self.topk > self.population:
+            raise ValueError(f"topk={self.topk!r}: expected at most population={self.population}")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(f"mutations={self.mutations} + crossovers={self.crossovers} exceeds "
+                             f"population={self.population}")
+        if not (isinstance(self.mutate_prob, (int, float)) and 0.0 <= self.mutate_prob <= 1.0):
+            raise ValueError(f"mutate_prob={self.mutate_prob!r}: expected a probability in [0, 1]")
+        Constraints(self.max_params, self.max_flops)  # validates the limits
+
+    @classmethod
+    def rlnas_nb201(cls, **overrides: Any) -> "EvolutionConfig":
+        """RLNAS's NAS-Bench-201 settings: population 100, top 30, 50 mutations, 50 crossovers."""
+        base = dict(population=100, topk=30, mutations=50, crossovers=50, mutate_prob=0.1, generations=20)
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EvolutionConfig":
+        """Inverse of :meth:`to_dict`; ``None`` values keep the defaults, unknown keys are an error."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], names, n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"unknown EvolutionConfig key {unknown[0]!r}; expected one of {names}{hint}")
+        return cls(**{k: v for k, v in d.items() if v is not None})
+
+
+def _rng_to_json(state: Tuple[Any, ...]) -> List[Any]:
+    version, internal, gauss_next = state
+    return [version, list(internal), gauss_next]
+
+
+def _rng_from_json(data: List[Any]) -> Tuple[Any, ...]:
+    version, internal, gauss_next = data
+    return (int(version), tuple(int(v) for v in internal), gauss_next)
+
+
+class EvolutionState:
+    """Everything needed to continue an evolutionary search; mutated in place by :func:`evolve`.
+
+    Attributes:
+        config: the settings the state was made with.
+        generation: index of the generation in progress (or next to start).
+        rng: the search's ``random.Random``.
+        pending: ``(arch, origin)`` proposed for the current generation and not yet scored, or None
+            when the generation's candidates are still to be proposed.
+        topk: indices into ``history`` of the current top-k, best first.
+        history: every scored record, in order.
+        exhausted: the last attempt to propose candidates found nothing new.
+    """
+
+    def __init__(self, space: Any, config: Optional[EvolutionConfig] = None) -> None:
+        self.space = space
+        self.config = config if config is not None else EvolutionConfig()
+        self.generation = 0
+        self.rng = random.Random(self.config.seed)
+        self.pending: Optional[List[Tuple[Any, str]]] = None
+        self.topk: List[int] = []
+        self.history: List[SearchRecord] = []
+        self.exhausted = False
+        self.measured: Dict[Any, Tuple[Optional[int], Optional[float]]] = {}
+
+    @property
+    def seen(self) -> set:
+        """Every architecture scored or queued (derived: not stored in the state dict)."""
+        seen = {r.arch for r in self.history}
+        seen.update(arch for arch, _ in self.pending or ())
+        return seen
+
+    def state_dict(self) -> Dict[str, Any]:
+        """A JSON-serialisable snapshot (architectures as their text forms)."""
+        fmt = self.space.format
+        return {
+            "version": _STATE_VERSION,
+            "space": getattr(self.space, "name", None),
+            "config": self.config.to_dict(),
+            "generation": self.generation,
+            "rng": _rng_to_json(self.rng.getstate()),
+            "pending": None if self.pending is None else [[fmt(a), origin] for a, origin in self.pending],
+            "topk": list(self.topk),
+            "history": [r.to_dict() for r in self.history],
+            "exhausted": self.exhausted,
+        }
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        """Restores a snapshot taken by :meth:`state_dict` (of a state of the same space)."""
+        if d.get("version") != _STATE_VERSION:
+            raise ValueError(f"state version {d.get('version')!r}: expected {_STATE_VERSION}")
+        space_name = getattr(self.space, "name", None)
+        if d.get("space") is not None and space_name is not None and d["space"] != space_name:
+            raise ValueError(f"state is of space {d['space']!r}, not {space_name!r}")
+        parse = self.space.parse
+        self.config = EvolutionConfig.from_dict(d["config"])
+        self.generation = int(d["generation"])
+        self.rng = random.Random()
+        self.rng.setstate(_rng_from_json(d["rng"]))
+        pending = d.get("pending")
+        self.pending = None if pending is None else [(parse(text), str(origin)) for text, origin in pending]
+        self.history = [SearchRecord.from_dict(r, self.space) for r in d["history"]]
+        self.topk = [int(i) for i in d["topk"]]
+        if any(not 0 <= i < len(self.history) for i in self.topk):
+            raise ValueError(f"state topk={self.topk} refers past the history ({len(self.history)} records)")
+        self.exhausted = bool(d.get("exhausted", False))
+        self.measured = {}
+
+    @classmethod
+    def from_state_dict(cls, space: Any, d: Mapping[str, Any]) -> "EvolutionState":
+        state = cls(space, EvolutionConfig.from_dict(d["config"]))
+        state.load_state_dict(d)
+        return state
+
+    def result(self) -> SearchResult:
+        return SearchResult(history=list(self.history), topk=[self.history[i] for i in self.topk],
+                            generations=self.generation, exhausted=self.exhausted,
+                            config=self.config.to_dict())
+
+
+def _propose(state: EvolutionState) -> List[Tuple[Any, str]]:
+    """The candidates of the current generation (all random draws happen here)."""
+    cfg, rng, space = state.config, state.rng, state.space
+    proposer = Proposer(space, Constraints(cfg.max_params, cfg.max_flops), state.seen, cfg.max_tries)
+    out: List[Tuple[Any, str]] = []
+    parents = [state.history[i].arch for i in state.topk]
+    if parents:
+        for _ in range(cfg.mutations):
+            child = proposer.propose(lambda: space.mutate(rng.choice(parents), cfg.mutate_prob, rng))
+            if child is not None:
+                out.append((child, "mutation"))
+        if len(parents) >= 2:
+            for _ in range(cfg.crossovers):
+                child = proposer.propose(lambda: space.crossover(*rng.sample(parents, 2), rng))
+                if child is not None:
+                    out.append((child, "crossover"))
+    while len(out) < cfg.population:
+        child = proposer.random(rng)
+        if child is None:
+            break
+        out.append((child, "random"))
+    state.measured.update(proposer.measured)
+    return out
+
+
+def _check_resume(config: EvolutionConfig, saved: EvolutionConfig) -> EvolutionConfig:
+    """The config to continue with: only ``generations`` may differ from the saved one."""
+    differ = [f.name for f in dataclasses.fields(config)
+              if f.name != "generations" and getattr(config, f.name) != getattr(saved, f.name)]
+    if differ:
+        raise ValueError(f"cannot resume with different settings {differ} (saved "
+                         f"{ {k: getattr(saved, k) for k in differ} }); only generations may change")
+    return config
+
+
+def evolve(space: Any, score_fn: ScoreFn, config: Optional[EvolutionConfig] = None, *,
+           state: Optional[EvolutionState] = None, callback: Optional[Callback] = None) -> SearchResult:
+    """Evolutionary search over ``space`` maximising ``score_fn``.
+
+    Args:
+        space: a :class:`fastnas.spaces.Space` (only ``sample``, ``mutate``, ``crossover``, ``validate``,
+            ``format``, ``params``, ``flops`` and, for tiny spaces, ``size``/``enumerate`` are used).
+        score_fn: ``arch -> float`` or ``arch -> Score``; higher is better; NaN/inf are flagged.
+        config: settings (default :class:`EvolutionConfig`); when resuming, None means the state's.
+        state: an :class:`EvolutionState` to continue (e.g. ``EvolutionState.from_state_dict(space, d)``);
+            it is updated in place. None starts afresh.
+        callback: ``callback(event, payload)``, called with ``"candidate"`` after each scored
+            architecture (payload: ``generation``, ``record``, ``index`` and ``count`` within the
+            generation, ``state``) and ``"generation"`` after each generation (payload: ``generation``,
+            ``topk`` records, ``best`` record, ``n_scored``, ``state``). ``payload["state"].state_dict()``
+            at either event is a valid checkpoint; an exception from the callback stops the search.
+
+    Returns:
+        A :class:`SearchResult`; ``topk`` is the final top-k, best first.
+    """
+    if state is None:
+        state = EvolutionState(space, config)
+    else:
+        state.space = space
+        if config is not None:
+            state.config = _check_resume(config, state.config)
+    cfg = state.config
+    while state.generation < cfg.generations:
+        if state.pending is None:
+            pending = _propose(state)
+            if not pending:
+                state.exhausted = True
+                logger.info("evolution: no new admissible architecture at generation %d; stopping",
+                            state.generation)
+                break
+            state.pending = pending
+            state.exhausted = False
+        gen = state.generation
+        count = len(state.pending) + sum(1 for r in state.history if r.generation == gen)
+        while state.pending:
+            arch, origin = state.pending[0]
+            record = score_arch(space, score_fn, arch, gen, origin, state.measured.pop(arch, None))
+            state.history.append(record)
+            state.pending.pop(0)
+            if callback is not None:
+                callback("candidate", {"generation": gen, "record": record,
+                                       "index": count - len(state.pending) - 1, "count": count,
+                                       "state": state})
+        new = [i for i in range(len(state.history)) if state.history[i].generation == gen]
+        state.topk = top_indices(state.history, list(state.topk) + new, cfg.topk)
+        state.pending = None
+        state.generation += 1
+        best = state.history[state.topk[0]]
+        logger.info("evolution: generation %d/%d scored %d, best %.6g %s", gen + 1, cfg.generations,
+                    len(new), best.score, best.text)
+        if callback is not None:
+            callback("generation", {"generation": gen, "topk": [state.history[i] for i in state.topk],
+                                    "best": best, "n_scored": len(state.history), "state": state})
+    return state.result()

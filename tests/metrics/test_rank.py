@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from fastnas.metrics.rank import RankResult, correlate, kendall_tau, load_ground_truth, scatter_plot, spearman
+
+st = pytest.importorskip("scipy.stats")
+
+
+def _scipy(x, y):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if x.size < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return st.kendalltau(x, y).statistic, st.spearmanr(x, y).statistic
+
+
+def _same(a, b):
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-12
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_scipy_random_with_ties_and_nans(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 80))
+    if seed % 3 == 0:
+        x, y = rng.normal(size=n), rng.normal(size=n)
+    else:  # many ties
+        x = rng.integers(0, int(rng.integers(1, 8)), n).astype(float)
+        y = rng.integers(0, int(rng.integers(1, 8)), n).astype(float)
+    if n and seed % 2:
+        x[rng.integers(0, n, size=max(1, n // 10))] = np.nan
+        y[rng.integers(0, n)] = np.nan
+    tau, rho = _scipy(x, y)
+    assert _same(kendall_tau(x, y), tau)
+    assert _same(spearman(x, y), rho)
+
+
+def test_edge_cases():
+    assert kendall_tau([1, 2, 3], [1, 2, 3]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))  # constant side
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert math.isnan(kendall_tau([1.0], [2.0]))
+    assert math.isnan(kendall_tau([], []))
+    with pytest.raises(ValueError, match="paired"):
+        kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_large_is_fast_and_exact():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=15625)
+    y = np.round(x + rng.normal(size=15625), 1)  # ties in y
+    t0 = time.perf_counter()
+    tau, rho = kendall_tau(x, y), spearman(x, y)
+    assert time.perf_counter() - t0 < 2.0
+    ref_tau, ref_rho = _scipy(x, y)
+    assert abs(tau - ref_tau) < 1e-12 and abs(rho - ref_rho) < 1e-12
+
+
+def test_load_ground_truth_autodetect(tmp_path):
+    p = tmp_path / "gt.csv"
+    p.write_text("index,Arch,test_acc,params\n0,a-b,91.5,3\n1,c-d,,4\n2,e-f,88.0,5\n2,e-f,88.0,5\n")
+    truth = load_ground_truth(p)
+    assert truth["a-b"] == 91.5 and truth["e-f"] == 88.0 and math.isnan(truth["c-d"])
+    q = tmp_path / "gt2.csv"
+    q.write_text("architecture_str,cifar10_accuracy\nx,1\ny,2\n")  # fuzzy: the only 'arch'/'acc' columns
+    assert load_ground_truth(q) == {"x": 1.0, "y": 2.0}
+    assert load_ground_truth(p, arch_column="index", acc_column="params") == {"0": 3.0, "1": 4.0, "2": 5.0}
+
+
+def test_load_ground_truth_errors(tmp_path):
+    p = tmp_path / "gt.csv"
+    p.write_text("name,score\nx,1\n")
+    with pytest.raises(ValueError, match=r"columns are \['name', 'score'\]"):
+        load_ground_truth(p)
+    with pytest.raises(ValueError, match="acc_column='nope'"):
+        load_ground_truth(p, arch_column="name", acc_column="nope")
+    p.write_text("arch,acc\nx,high\n")
+    with pytest.raises(ValueError, match=r"gt.csv:2.*'high'"):
+        load_ground_truth(p)
+    p.write_text("arch,acc\nx,1\nx,2\n")
+    with pytest.raises(ValueError, match="appears again"):
+        load_ground_truth(p)
+    p.write_text("arch,train_acc,test_acc_200\nx,1,2\n")
+    assert load_ground_truth(p, acc_column="test_acc_200") == {"x": 2.0}
+    with pytest.raises(ValueError, match="several columns"):
+        load_ground_truth(p)
+
+
+def test_correlate_matches_by_text_and_counts():
+    truth = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": float("nan")}
+    scores = {"A": 10.0, "B": 30.0, "C": 20.0, "D": float("nan"), "E": 5.0, "Z": 1.0}
+    res = correlate(scores, truth, canonicalize=str.lower)
+    assert isinstance(res, RankResult)
+    assert (res.n, res.n_dropped, res.n_unmatched) == (3, 2, 1)
+    assert res.tau == pytest.approx(st.kendalltau([10, 30, 20], [1, 2, 3]).statistic)
+    assert res.spearman == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="canonicalize"):
+        correlate(scores, truth)
+    assert res.to_dict()["n"] == 3
+
+
+def test_scatter_plot_writes_png(tmp_path):
+    rng = np.random.default_rng(1)
+    truth = {f"arch{i}": float(v) for i, v in enumerate(rng.normal(size=50))}
+    scores = {k: v + float(rng.normal()) for k, v in truth.items()}
+    path = tmp_path / "scatter.png"
+    res = scatter_plot(scores, truth, path, title="toy")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert res.n == 50 and res.tau > 0
