@@ -23,7 +23,10 @@ ORIGINS = ("random", "mutation", "crossover", "exhaustive")
 
 
 def encode_float(value: Any) -> Any:
-    """JSON-safe form of a float: non-finite values become the strings 'nan', 'inf', '-inf'."""
+    """JSON-safe form of a number: NumPy/torch scalars become Python numbers and non-finite floats the
+    strings 'nan', 'inf', '-inf'; anything else is returned unchanged."""
+    if not isinstance(value, (bool, int, float, str)) and hasattr(value, "item"):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return value
@@ -88,7 +91,7 @@ class SearchRecord:
         return {
             "generation": self.generation, "text": self.text, "score": encode_float(self.score),
             "parts": {k: encode_float(v) for k, v in self.parts.items()}, "flagged": self.flagged,
-            "params": self.params, "flops": encode_float(self.flops), "origin": self.origin,
+            "params": encode_float(self.params), "flops": encode_float(self.flops), "origin": self.origin,
         }
 
     @classmethod

@@ -193,3 +193,11 @@ def test_state_dict_is_json_with_nonfinite_scores(toy_space):
 def test_score_fn_returning_garbage_is_an_error(toy_space):
     with pytest.raises(ValueError, match="expected a number or a Score"):
         evolve(toy_space, lambda a: "high", SMALL)
+
+
+def test_numpy_parts_serialise(toy_space):
+    np = pytest.importorskip("numpy")
+    state = EvolutionState(toy_space, EvolutionConfig(population=4, topk=2, mutations=1, crossovers=1, generations=1))
+    evolve(toy_space, lambda a: Score(np.float32(a[0]), {"x": np.float64("nan"), "n": np.int64(3)}), state=state)
+    d = json.loads(json.dumps(state.state_dict(), allow_nan=False))
+    assert d["history"][0]["parts"]["n"] == 3 and d["history"][0]["parts"]["x"] == "nan"
