@@ -123,11 +123,14 @@ def _network_cost(g: Genotype, C: int, layers: int, num_classes: int, in_channel
             macs += C_pp * C_cur * H_pp * H_pp
         params += C_p * C_cur + 2 * C_cur
         macs += C_p * C_cur * H_p * H_p
+        H_out = _half(H_p) if reduction else H_p
         for name, j in edges:
-            p, m = _op_cost(name, C_cur, 2 if reduction and j < 2 else 1, H_p, H_p)
+            if reduction and j < 2:  # stride 2 from a cell input
+                p, m = _op_cost(name, C_cur, 2, H_p, H_p)
+            else:  # stride 1 from a node (already at the output resolution) or in a normal cell
+                p, m = _op_cost(name, C_cur, 1, H_out, H_out)
             params += p
             macs += m
-        H_out = _half(H_p) if reduction else H_p
         C_pp, C_p = C_p, len(concat) * C_cur
         H_pp, H_p = H_p, H_out
         reduction_prev = reduction
