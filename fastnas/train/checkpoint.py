@@ -117,8 +117,12 @@ def load_checkpoint(path: PathLike, *, expected_kind: Optional[str] = None,
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt or not a torch checkpoint "
-                         f"({type(e).__name__}: {e}); delete it or start without resuming") from e
+        detail = " ".join(str(e).split())
+        if "WeightsUnpickler error:" in detail:  # drop torch's advice to load with weights_only=False
+            detail = "weights-only load failed: " + detail.split("WeightsUnpickler error:", 1)[1].split(" Check the")[0].strip()
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a fastnas checkpoint "
+                         f"({type(e).__name__}: {detail}); delete it or start without resuming") from e
     if not isinstance(payload, dict) or not isinstance(payload.get("kind"), str):
         raise ValueError(f"checkpoint {str(path)!r} is not a fastnas checkpoint (no 'kind' entry)")
     kind = payload["kind"]

@@ -98,6 +98,8 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"Invalid {name} value: {v!r} (expected {expectation})")
+            # 1 and 1.0 must give the same saved config and checkpoint fingerprint.
+            object.__setattr__(self, name, float(v))
 
         check_int("epochs", 1)
         check_int("batch_size", 1)

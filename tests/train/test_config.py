@@ -38,3 +38,9 @@ def test_bad_values_are_named(kw, needle):
 def test_unknown_key_suggests():
     with pytest.raises(ValueError, match="did you mean 'epochs'"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+def test_numbers_are_normalized_for_the_fingerprint():
+    a = TrainConfig(lr=1, lr_min=0, weight_decay=0, grad_clip=0)
+    b = TrainConfig(lr=1.0, lr_min=0.0, weight_decay=0.0, grad_clip=0.0)
+    assert a.to_dict() == b.to_dict() and repr(a) == repr(b) and isinstance(a.lr, float)
