@@ -512,3 +512,20 @@ def test_edges_and_ops_constants():
     assert OPS == ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
     assert EDGES == tuple((i, j) for i in range(1, 4) for j in range(i))
     assert list(itertools.islice(NB201().enumerate(), 2)) == [ALL_NONE, ALL_NONE[:5] + ("skip_connect",)]
+
+
+def test_op_semantics():
+    from fastnas.spaces.nb201_ops import make_op
+    ones = torch.ones(1, 2, 4, 4)
+    # padding is excluded from the average: a constant stays constant, also at the borders
+    assert torch.equal(make_op("avg_pool_3x3", 2)(ones), ones)
+    x = torch.randn(1, 2, 4, 4)
+    assert torch.equal(make_op("skip_connect", 2)(x), x)
+    for name, k in (("nor_conv_1x1", 1), ("nor_conv_3x3", 3)):
+        relu, conv, bn = make_op(name, 2)
+        assert isinstance(relu, nn.ReLU) and isinstance(bn, nn.BatchNorm2d) and bn.affine
+        assert conv.kernel_size == (k, k) and conv.bias is None and conv.stride == (1, 1)
+        assert make_op(name, 2)(x).shape == x.shape
+        assert not make_op(name, 2, affine=False)[2].affine
+    with pytest.raises(ValueError, match="'max_pool_3x3'"):
+        make_op("max_pool_3x3", 2)
