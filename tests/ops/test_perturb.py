@@ -13,6 +13,7 @@ from torch import nn
 
 import fastnas
 from fastnas.ops.perturb import reference
+from test_noise import ulp_distance
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 STATUS = fastnas.backends()
@@ -305,5 +306,4 @@ def test_gpu_backends_match_reference(backend, dtype):
     words = fastnas.philox_words(999, 3, 4, 2**32 - 7, device="cuda", backend=backend).cpu()
     assert torch.equal(words, reference.philox_words(torch.arange(2**32 - 7, 2**32 - 7 + 999), 3, 4))
     z = fastnas.noise(10_001, 3, 4, offset=5, device="cuda", backend=backend).cpu()
-    from tests.ops.test_noise import ulp_distance
     assert ulp_distance(z, reference.normals(10_001, 3, 4, 5)).max().item() <= 4

@@ -1,0 +1,142 @@
+"""Perturb + restore throughput: fastnas against the per-tensor loop, the best plain PyTorch and a copy.
+
+Run: ``python -m pytest benchmarks/bench_perturb.py --benchmark-only`` (``-m gpu`` for the GPU part).
+Memory traffic per perturb + restore cycle: perturb reads N and writes 2N (weights and backup),
+restore reads N and writes N; the floor is the same bytes moved by two plain copies.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastnas
+
+SIGMA = 0.01
+
+
+def resnet20_shapes() -> list[tuple]:
+    """CIFAR ResNet-20: 0.27M parameters in 59 tensors (convs without bias, BN pairs, linear)."""
+    shapes = [(16, 3, 3, 3), (16,), (16,)]
+    cin = 16
+    for cout in (16, 32, 64):
+        for _ in range(3):
+            shapes += [(cout, cin, 3, 3), (cout,), (cout,), (cout, cout, 3, 3), (cout,), (cout,)]
+            cin = cout
+    return shapes + [(10, 64), (10,)]
+
+
+def resnet18_shapes() -> list[tuple]:
+    """ImageNet ResNet-18: 11.7M parameters in 62 tensors."""
+    shapes = [(64, 3, 7, 7), (64,), (64,)]
+    cin = 64
+    for stage, cout in enumerate((64, 128, 256, 512)):
+        for block in range(2):
+            shapes += [(cout, cin, 3, 3), (cout,), (cout,), (cout, cout, 3, 3), (cout,), (cout,)]
+            if block == 0 and stage > 0:
+                shapes += [(cout, cin, 1, 1), (cout,), (cout,)]
+            cin = cout
+    return shapes + [(1000, 512), (1000,)]
+
+
+CASES = {"resnet20-0.27M": resnet20_shapes, "resnet18-11M": resnet18_shapes}
+
+
+def make_params(case: str, device: str = "cpu") -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(s, generator=g).to(device) for s in CASES[case]()]
+
+
+def test_shapes_are_as_documented():
+    p20, p18 = make_params("resnet20-0.27M"), make_params("resnet18-11M")
+    assert len(p20) == 59 and 0.26e6 < sum(p.numel() for p in p20) < 0.28e6
+    assert 11.6e6 < sum(p.numel() for p in p18) < 11.8e6
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def impl_fastnas(params, device):
+    backup = [None]
+
+    def run():
+        backup[0] = fastnas.perturb_(params, SIGMA, seed=1, backup=backup[0])
+        fastnas.restore_(params, backup[0])
+        _sync(device)
+    return run
+
+
+def impl_per_tensor_loop(params, device):
+    # What the reference NAS code does: one randn_like per parameter, clone to restore.
+    def run():
+        saved = [p.clone() for p in params]
+        for p in params:
+            p.add_(torch.randn_like(p) * SIGMA)
+        for p, s in zip(params, saved):
+            p.copy_(s)
+        _sync(device)
+    return run
+
+
+def impl_flat_torch(params, device):
+    # Best plain PyTorch: parameters living in one flat buffer, one normal_ and one fused add.
+    flat = torch.cat([p.reshape(-1) for p in params])
+    saved = torch.empty_like(flat)
+    noise = torch.empty_like(flat)
+
+    def run():
+        saved.copy_(flat)
+        noise.normal_(0.0, SIGMA)
+        flat.add_(noise)
+        flat.copy_(saved)
+        _sync(device)
+    return run
+
+
+def impl_copy_floor(params, device):
+    flat = torch.cat([p.reshape(-1) for p in params])
+    saved = torch.empty_like(flat)
+
+    def run():
+        saved.copy_(flat)
+        flat.copy_(saved)
+        _sync(device)
+    return run
+
+
+IMPLS = {
+    "fastnas": (impl_fastnas, None),
+    "per-tensor loop (reference code)": (impl_per_tensor_loop, "baseline"),
+    "flat buffer + normal_ (plain torch)": (impl_flat_torch, None),
+    "memory copy (floor)": (impl_copy_floor, "floor"),
+}
+
+
+def _bench(benchmark, record_result, case, impl, device):
+    params = make_params(case, device)
+    fn, role = IMPLS[impl]
+    run = fn(params, device)
+    run()  # warm-up
+    benchmark.pedantic(run, rounds=20 if "11M" in case else 100, iterations=1, warmup_rounds=2)
+    nbytes = 4 * sum(p.numel() for p in params) * 4  # read N + write 2N, then read N + write N... see docstring
+    record_result(f"perturb+restore {case} [{device}, {torch.get_num_threads()} threads]", impl,
+                  benchmark.stats.stats.median, nbytes, role)
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_perturb_restore_cpu(benchmark, record_result, case, impl):
+    benchmark.group = f"perturb+restore {case} cpu"
+    _bench(benchmark, record_result, case, impl, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_perturb_restore_gpu(benchmark, record_result, case, impl):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    benchmark.group = f"perturb+restore {case} cuda"
+    _bench(benchmark, record_result, case, impl, "cuda")
