@@ -25,6 +25,15 @@ def space():
     return NB201()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny tensors: extra intra-op threads only contend on shared CPUs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- registry and construction
 
 
@@ -201,11 +210,13 @@ def test_canonical_is_a_class_representative(space):
         assert sum(op != "none" for op in c) <= sum(op != "none" for op in a)
     # Cells of parameter-free ops compute exactly the same function as their representative.
     torch.manual_seed(0)
-    x = torch.randn(2, 3, 6, 6)
+    x = torch.randn(1, 2, 5, 5)
     free = [a for a in archs if set(a) <= {"none", "skip_connect", "avg_pool_3x3"}]
     assert len(free) == 3 ** 6
+    with torch.no_grad():
+        out = {a: Cell(a, 2)(x) for a in free}
     for a in free:
-        torch.testing.assert_close(Cell(a, 3)(x), Cell(canon[a], 3)(x), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(out[a], out[canon[a]], rtol=1e-5, atol=1e-6), (a, canon[a])
 
 
 # ---- parameters and FLOPs
