@@ -18,6 +18,12 @@ if not _HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_configure(config):
+    # Tests use tiny tensors: one intra-op thread avoids thread hand-off costs on small, shared
+    # machines. Tests about threading set the count they need explicitly.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if _HAS_CUDA:
         return

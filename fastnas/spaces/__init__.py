@@ -1,7 +1,13 @@
-"""Search spaces: architectures, supernets, standalone networks."""
+"""Search spaces: architectures, supernets, standalone networks.
+
+Importing this package registers the built-in spaces: ``create_space("nb201")``, ``create_space("darts")``.
+"""
 
 from __future__ import annotations
 
 from fastnas.spaces.base import Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space
+from fastnas.spaces.darts import DARTS
+from fastnas.spaces.nb201 import NB201
 
-__all__ = ["Space", "Supernet", "create_space", "list_spaces", "recalibrate_bn", "register_space"]
+__all__ = ["DARTS", "NB201", "Space", "Supernet", "create_space", "list_spaces", "recalibrate_bn",
+           "register_space"]

@@ -132,7 +132,7 @@ if triton is not None:
         if HAS_BACKUP:
             tl.store(backup_ptr + j, x, mask=mask)
         if KIND == 1:
-            y = x + z.to(tl.float64) * sigma64
+            y = x + z.to(tl.float64) * tl.load(sigma64)
         elif KIND == 3:
             xf = (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
             yf = xf + z * sigma32
