@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import difflib
 import keyword
+import numbers
 import random
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
@@ -193,9 +194,10 @@ class DARTS(Space):
         out: List[Edge] = []
         for e, edge in enumerate(edges):
             if (isinstance(edge, (str, bytes)) or not isinstance(edge, Sequence) or len(edge) != 2
-                    or not isinstance(edge[0], str) or isinstance(edge[1], bool) or not isinstance(edge[1], int)):
+                    or not isinstance(edge[0], str) or isinstance(edge[1], bool)
+                    or not isinstance(edge[1], numbers.Integral)):
                 raise ValueError(f"{field}[{e}]={edge!r}: expected an (op, input) pair such as ('sep_conv_3x3', 0)")
-            op, j = edge
+            op, j = edge[0], int(edge[1])
             k = e // 2
             if op == "none":
                 raise ValueError(f"{field}[{e}]={edge!r}: 'none' is not allowed; every node takes two "
@@ -349,8 +351,8 @@ class DARTS(Space):
         unknown = sorted(set(kwargs) - {"C", "layers"})
         if unknown:
             raise ValueError(f"supernet() got unknown argument(s) {unknown}; expected 'C', 'layers'")
-        C = kwargs.get("C") or self.C
-        layers = kwargs.get("layers") or self.layers
+        C = self.C if kwargs.get("C") is None else kwargs["C"]
+        layers = self.layers if kwargs.get("layers") is None else kwargs["layers"]
         return DARTSSupernet(self, C=C, layers=layers)
 
     def build(self, arch: Any, C: int = 36, layers: int = 20, auxiliary: bool = False,

@@ -10,7 +10,7 @@ from torch import nn
 
 from fastnas.spaces import create_space, list_spaces
 from fastnas.spaces.darts import DARTS, DARTS_V1, DARTS_V2, OPS, DARTSSupernet, Genotype
-from fastnas.spaces.darts_ops import NetworkCIFAR, drop_path
+from fastnas.spaces.darts_ops import FactorizedReduce, Identity, NetworkCIFAR, Zero, drop_path, make_op
 
 # DARTS's published genotype text (genotypes.py), not in canonical edge order.
 DARTS_V2_TEXT = (
@@ -302,6 +302,36 @@ def test_build_outputs_auxiliary_and_drop_path():
         s.build(DARTS_V2, drop_path_prob=1.0)
 
 
+def test_op_definitions():
+    x = torch.randn(2, 6, 8, 8)
+    for stride in (1, 2):
+        for name in ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+                     "dil_conv_3x3", "dil_conv_5x5"):
+            assert make_op(name, 6, stride, affine=True)(x).shape == (2, 6, 8 // stride, 8 // stride)
+    # Average pooling excludes the padding: a constant image stays constant at the borders.
+    ones = torch.ones(1, 6, 8, 8)
+    assert torch.equal(make_op("avg_pool_3x3", 6, 1, affine=True)(ones), ones)
+    assert isinstance(make_op("skip_connect", 6, 1, affine=True), Identity)
+    assert isinstance(make_op("skip_connect", 6, 2, affine=True), FactorizedReduce)
+    assert isinstance(make_op("none", 6, 2, affine=True), Zero)
+    assert not make_op("none", 6, 1, affine=True)(x).any()
+    # Search convention: BN(affine=False) after pooling; non-affine BN elsewhere.
+    pool = make_op("max_pool_3x3", 6, 1, affine=False, pool_bn=True)
+    assert isinstance(pool[1], nn.BatchNorm2d) and not pool[1].affine
+    # sep_conv: two (ReLU, depthwise, pointwise, BN) blocks, stride on the first depthwise conv only.
+    sep = make_op("sep_conv_5x5", 6, 2, affine=True)
+    convs = [m for m in sep if isinstance(m, nn.Conv2d)]
+    assert [(c.kernel_size, c.stride, c.groups, c.padding) for c in convs] == [
+        ((5, 5), (2, 2), 6, (2, 2)), ((1, 1), (1, 1), 1, (0, 0)), ((5, 5), (1, 1), 6, (2, 2)), ((1, 1), (1, 1), 1, (0, 0))]
+    assert sum(isinstance(m, nn.ReLU) for m in sep) == 2 and sum(isinstance(m, nn.BatchNorm2d) for m in sep) == 2
+    # dil_conv: ReLU, depthwise conv with dilation 2, pointwise conv, BN.
+    dil = make_op("dil_conv_5x5", 6, 1, affine=True)
+    assert [type(m) for m in dil] == [nn.ReLU, nn.Conv2d, nn.Conv2d, nn.BatchNorm2d]
+    assert (dil[1].dilation, dil[1].padding, dil[1].groups) == ((2, 2), (4, 4), 6)
+    with pytest.raises(ValueError, match="not a DARTS operation"):
+        make_op("conv_7x1_1x7", 6, 1, affine=True)
+
+
 def test_drop_path_is_sample_wise_and_unbiased():
     torch.manual_seed(0)
     x = torch.ones(4000, 2, 3, 3)
@@ -337,6 +367,8 @@ def test_supernet_structure(space):
     assert DARTS().supernet().C == 16 and len(DARTS().supernet(layers=3).cells) == 3
     with pytest.raises(ValueError, match="unknown argument"):
         space.supernet(channels=4)
+    with pytest.raises(ValueError, match="C=0"):
+        space.supernet(C=0)
 
 
 def test_supernet_forward_and_path_parameters_match_gradients(space):
