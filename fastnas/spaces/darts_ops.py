@@ -193,7 +193,7 @@ class AuxiliaryHeadCIFAR(nn.Module):
     def __init__(self, C: int, num_classes: int) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
+            nn.ReLU(inplace=False),  # DARTS uses inplace=True here, which rewrites the main path's tensor
             nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),

@@ -291,6 +291,12 @@ def test_build_outputs_auxiliary_and_drop_path():
     net.train()
     logits, aux = net(x)
     assert logits.shape == (2, 5) and aux.shape == (2, 5)
+    (logits.sum() + 0.4 * aux.sum()).backward()
+    assert net.auxiliary_head.classifier.weight.grad is not None
+    assert s.params(DARTS_V2, C=4, layers=5) < sum(p.numel() for p in net.parameters())
+    # Drop-path is random in train mode (and off in eval mode, checked below).
+    with torch.no_grad():
+        assert not torch.equal(net(x)[0], net(x)[0])
     net.eval()
     with torch.no_grad():
         out = net(x)
