@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "fold/fold.h"
 #include "perturb/perturb.h"
 
 namespace py = pybind11;
@@ -72,6 +73,26 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::arg("threads"));
 
   m.def("simd_variant", &fastnas::cpu::simd_variant);
+
+  m.def(
+      "fold_conv_bn_cpu",
+      [](const std::vector<std::vector<uintptr_t>>& ptrs, const std::vector<std::vector<int64_t>>& sizes,
+         const std::vector<double>& eps, int threads) {
+        // ptrs[i] = (dst, bias, w, mean, var, gamma, beta); sizes[i] = (c_out, c_in, ks, kd)
+        if (ptrs.size() != sizes.size() || ptrs.size() != eps.size())
+          throw std::invalid_argument("fold_conv_bn: argument lists differ in length");
+        std::vector<fastnas::FoldItem> items(ptrs.size());
+        for (size_t i = 0; i < ptrs.size(); ++i) {
+          if (ptrs[i].size() != 7 || sizes[i].size() != 4)
+            throw std::invalid_argument("fold_conv_bn: each item needs 7 pointers and 4 sizes");
+          items[i] = fastnas::FoldItem{ptrs[i][0], ptrs[i][1], ptrs[i][2], ptrs[i][3], ptrs[i][4], ptrs[i][5],
+                                       ptrs[i][6], sizes[i][0], sizes[i][1], static_cast<int>(sizes[i][2]),
+                                       static_cast<int>(sizes[i][3]), eps[i]};
+        }
+        py::gil_scoped_release nogil;
+        fastnas::cpu::fold_conv_bn(items, threads);
+      },
+      py::arg("ptrs"), py::arg("sizes"), py::arg("eps"), py::arg("threads"));
 
 #if defined(FASTNAS_WITH_CUDA)
   m.attr("has_cuda") = true;
