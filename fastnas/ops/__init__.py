@@ -8,12 +8,13 @@ from typing import Dict, Tuple
 import torch
 
 from fastnas.ops._dispatch import all_dispatchers
+from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import (Backup, noise, perturb_, perturbed, perturbed_copies, philox_words,
                                  restore_)
 
-__all__ = ["Backup", "BackendStatus", "ParamLayout", "backends", "noise", "perturb_", "perturbed",
-           "perturbed_copies", "philox_words", "restore_"]
+__all__ = ["Backup", "BackendStatus", "FoldSpec", "ParamLayout", "backends", "fold_conv_bn", "noise", "perturb_",
+           "perturbed", "perturbed_copies", "philox_words", "restore_"]
 
 
 @dataclass(frozen=True)
