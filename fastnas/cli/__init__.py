@@ -1,0 +1,35 @@
+"""The ``fastnas`` command: ``main(argv) -> exit code``.
+
+Bad input (an unknown name, a malformed architecture, a run directory that holds another run, a corrupt
+checkpoint) is one line on stderr, ``fastnas: error: ...``, and exit code 2; it is detected before
+anything is written. Library code never prints: this package does.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs ``fastnas`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    from fastnas.cli.commands import COMMANDS
+    from fastnas.cli.parser import UsageError, build_parser
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        if not args.command:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print("fastnas: interrupted; a run continues with: fastnas search --resume <run directory>",
+              file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,298 @@
+"""The subcommands. Each validates all input before it writes anything, then does its job."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from fastnas.cli.parser import CONFIG_FLAG_DESTS, UsageError
+from fastnas.cli.progress import Display, setup_logging
+
+__all__ = ["cmd_search", "cmd_train_supernet", "cmd_score", "cmd_retrain", "cmd_export", "cmd_kendall",
+           "cmd_info", "COMMANDS"]
+
+
+def _given(args: argparse.Namespace) -> Dict[str, Any]:
+    """The config settings from ``--config FILE`` and the flags actually given (flags win)."""
+    from fastnas.run.config import load_toml
+
+    given: Dict[str, Any] = {}
+    config_file = getattr(args, "config", None)
+    if config_file:
+        given.update({k.replace("-", "_"): v for k, v in load_toml(config_file).items()})
+    for dest in CONFIG_FLAG_DESTS + ["quiet"]:
+        if hasattr(args, dest):
+            given[dest] = getattr(args, dest)
+    return given
+
+
+def _threads(config: Any, dataset: Any) -> int:
+    """Applies ``--threads`` (0: 1 thread for images <= 16 px, else torch's default); returns the count."""
+    import torch
+
+    n = config.threads
+    if n == 0 and dataset is not None and dataset.resolution <= 16:
+        n = 1
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _run_pipeline(args: argparse.Namespace, *, search: bool) -> int:
+    from fastnas.run.config import RunConfig
+    from fastnas.run.pipeline import Run, prepare, prepare_from_run
+    from fastnas.run.report import summary_lines
+
+    given = _given(args)
+    if args.resume:
+        prepared = prepare_from_run(args.resume, given)
+    else:
+        prepared = prepare(RunConfig.from_dict(given))
+    config = prepared.config
+    setup_logging(config.quiet)
+    threads = _threads(config, prepared.dataset)
+    display = Display(quiet=config.quiet)
+    run = Run(prepared, progress=display)
+    path = str(prepared.run_dir.path)
+    what = "continuing" if prepared.resumed else "new run"
+    print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
+          f"{prepared.dataset.name}, {config.metric} via {config.searcher}, device {prepared.device}, "
+          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    try:
+        result = run.execute(search=search)
+    finally:
+        display.close()
+    if result is None:
+        tr = run.train_result
+        _out(f"supernet trained: {config.epochs} epochs, final loss {tr.epoch_loss[-1]:.4f}, "
+             f"train accuracy {100 * tr.epoch_accuracy[-1]:.2f}%")
+        _out(f"run directory: {path} (search it with: fastnas search --resume {path})")
+        return 0
+    for line in summary_lines(result, path):
+        _out(line)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, search=True)
+
+
+def cmd_train_supernet(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, search=False)
+
+
+def _open_run(args: argparse.Namespace, overrides: Dict[str, Any]) -> Any:
+    """A read-only :class:`Run` of ``--run DIR`` with its trained supernet loaded."""
+    from fastnas.run.pipeline import Run, prepare_from_run
+
+    prepared = prepare_from_run(args.run, overrides, read_only=True)
+    setup_logging(prepared.config.quiet)
+    _threads(prepared.config, prepared.dataset)
+    return Run(prepared)
+
+
+def _arch_or_result(run: Any, text: Optional[str]) -> Any:
+    space = run.space
+    if text is not None:
+        return space.parse(text)
+    result_path = run.dir / run.dir.RESULT
+    if not result_path.is_file():
+        raise ValueError(f"run {str(run.dir.path)!r} has no result.json yet; pass --arch TEXT")
+    from fastnas.run.rundir import read_json
+
+    arch = read_json(result_path, "result").get("arch")
+    if not isinstance(arch, str):
+        raise ValueError(f"{str(result_path)!r} has no 'arch'; pass --arch TEXT")
+    return space.parse(arch)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in _given(args).items()}
+    run = _open_run(args, overrides)
+    archs = [run.space.parse(text) for text in args.arch]  # every text checked before any work
+    run.load_trained()
+    fn = run.score_fn()
+    rows = []
+    for arch in archs:
+        from fastnas.search.history import coerce_score
+
+        s = coerce_score(fn(arch))
+        rows.append({"arch": run.space.format(arch), "score": s.value, "parts": dict(s.parts),
+                     "flagged": s.flagged, "params": run.space.params(arch), "flops": run.space.flops(arch)})
+    if args.json:
+        from fastnas.run.rundir import _json_safe
+
+        for row in rows:
+            _out(json.dumps(_json_safe(row)))
+        return 0
+    _out(f"metric {run.config.metric} (run {run.dir.path}):")
+    for row in rows:
+        simple = {k: v for k, v in row["parts"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        parts = ", ".join(f"{k} {v:.6g}" for k, v in simple.items())
+        flag = "  FLAGGED" if row["flagged"] else ""
+        _out(f"  {row['score']:.6g}{flag}  {row['arch']}" + (f"  ({parts})" if parts else ""))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from fastnas.run.rundir import write_json_atomic
+    from fastnas.train.checkpoint import fingerprint
+
+    overrides = _given(args)
+    epochs = overrides.pop("retrain_epochs", None)
+    run = _open_run(args, overrides)
+    arch = _arch_or_result(run, args.arch)
+    epochs = epochs or run.config.retrain_epochs or 10
+    text = run.space.format(arch)
+    ident = fingerprint({"arch": text, "epochs": epochs})
+    out_dir = run.dir.path / "retrain"
+    display = Display(quiet=run.config.quiet)
+    run.progress = display
+    try:
+        result = run.retrain_arch(arch, out_dir / f"{ident}.pt", epochs=epochs)
+    finally:
+        display.close()
+    write_json_atomic(out_dir / f"{ident}.json", {"arch": text, **result})
+    _out(f"{text}")
+    _out(f"retrained {epochs} epochs from scratch: test accuracy {100 * result['test_accuracy']:.2f}%, "
+         f"params {result['params']:,}")
+    _out(f"written: {out_dir / (ident + '.json')}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import io
+
+    import torch
+
+    from fastnas.run.rundir import write_bytes_atomic, write_text_atomic
+
+    out = Path(args.export_out)
+    if out.suffix != ".py":
+        raise ValueError(f"--out {str(out)!r}: expected a file name ending in .py (weights go beside it as .pt)")
+    if not out.stem.isidentifier():
+        raise ValueError(f"--out {str(out)!r}: the file name {out.stem!r} is not importable as a module; "
+                         "use letters, digits and underscores")
+    if out.parent and not out.parent.exists():
+        raise ValueError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    run = _open_run(args, _given(args))
+    arch = _arch_or_result(run, args.arch)
+    run.load_trained()
+    source = run.supernet.export_source(arch, class_name=args.class_name)  # checks the class name first
+    from fastnas.data import Batches
+
+    x, y = run.p.train
+    run.supernet.recalibrate(arch, Batches(x.to(run.device), y.to(run.device), run.config.batch_size,
+                                           shuffle=False))
+    model = run.supernet.extract(arch).eval()
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    weights = out.with_suffix(".pt")
+    write_bytes_atomic(weights, buf.getvalue())
+    write_text_atomic(out, source)
+    _out(f"{run.space.format(arch)}")
+    _out(f"source:  {out}  (class {args.class_name}; needs only torch)")
+    _out(f"weights: {weights}  (load_state_dict(torch.load(path, weights_only=True)); BatchNorm "
+         "recalibrated for this architecture)")
+    return 0
+
+
+def cmd_kendall(args: argparse.Namespace) -> int:
+    from fastnas.metrics.rank import load_ground_truth, scatter_plot
+    from fastnas.run.pipeline import prepare_from_run
+    from fastnas.run.report import _canonicalizer
+    from fastnas.run.rundir import RunDir
+
+    run_dir = RunDir(args.run)
+    config = run_dir.load_config()
+    history = run_dir / run_dir.HISTORY
+    if not history.is_file():
+        raise ValueError(f"run {args.run!r} has no {run_dir.HISTORY} yet (the search has not finished)")
+    truth = load_ground_truth(args.truth)
+    scores: Dict[str, float] = {}
+    with open(history, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if args.score_column not in (reader.fieldnames or []):
+            raise ValueError(f"--score-column {args.score_column!r} is not a column of {str(history)!r}; "
+                             f"columns are {reader.fieldnames}")
+        for row in reader:
+            cell = row.get(args.score_column, "")
+            scores[row["arch"]] = float(cell) if cell not in ("", None) else math.nan
+    from fastnas.spaces import create_space
+
+    space = _space_for_texts(config)
+    plot = Path(args.plot) if args.plot else run_dir / run_dir.PLOTS / "kendall.png"
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    rank = scatter_plot(scores, truth, plot, title=f"{config.metric}: {args.score_column}",
+                        canonicalize=_canonicalizer(space))
+    _out(f"Kendall tau {rank.tau:.4f}, Spearman rho {rank.spearman:.4f} over {rank.n} architectures "
+         f"({rank.n_dropped} dropped for NaN, {rank.n_unmatched} without ground truth)")
+    _out(f"scatter plot: {plot}")
+    return 0
+
+
+def _space_for_texts(config: Any) -> Any:
+    """The run's space, for parsing texts only (shape-dependent sizes do not matter here)."""
+    from fastnas.spaces import create_space
+
+    return create_space(config.space)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    import fastnas
+    from fastnas import _native
+
+    _out(f"fastnas {fastnas.__version__} ({Path(fastnas.__file__).parent})")
+    _out(f"python  {platform.python_version()} ({sys.executable})")
+    _out(f"torch   {torch.__version__}")
+    native = "loaded" if _native.C is not None else f"not loaded ({_native.load_error})"
+    if _native.C is not None and hasattr(_native.C, "simd_variant"):
+        try:
+            native += f", SIMD {_native.C.simd_variant()}"
+        except Exception:  # noqa: BLE001
+            pass
+        if hasattr(_native.C, "has_cuda"):
+            try:
+                native += f", CUDA kernels {'built' if _native.C.has_cuda() else 'not built'}"
+            except Exception:  # noqa: BLE001
+                pass
+    _out(f"native  fastnas._C {native}")
+    _out("backends:")
+    for status in fastnas.backends().values():
+        _out(f"  {status}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            _out(f"device  cuda:{i} {torch.cuda.get_device_name(i)}")
+    else:
+        _out("device  cpu (torch reports no CUDA device)")
+    _out(f"threads torch {torch.get_num_threads()} intra-op, {os.cpu_count()} CPUs; "
+         "fastnas search uses 1 for images <= 16 px unless --threads is given")
+    from fastnas.data import list_datasets
+    from fastnas.search import list_searchers
+    from fastnas.spaces import list_spaces
+    from fastnas.run.config import METRICS
+
+    _out(f"spaces {', '.join(list_spaces())}; datasets {', '.join(list_datasets())}, FILE.npz; "
+         f"searchers {', '.join(list_searchers())}")
+    _out(f"metrics {', '.join(METRICS)}")
+    return 0
+
+
+COMMANDS = {
+    "search": cmd_search, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
+    "export": cmd_export, "kendall": cmd_kendall, "info": cmd_info,
+}

@@ -1,0 +1,265 @@
+"""The ``fastnas`` argument parser: one subcommand per job, flags named like the RunConfig fields.
+
+Every config flag has ``default=argparse.SUPPRESS``: a flag the user did not give is absent from the
+parsed namespace, so it never overrides the config file or a resumed run's saved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+
+from fastnas.run.config import METRICS, NOISE_MODES, SEARCHERS, RunConfig
+
+__all__ = ["build_parser", "config_flags", "UsageError", "CONFIG_FLAG_DESTS"]
+
+_D = RunConfig()
+
+
+class UsageError(Exception):
+    """Bad command-line input: printed as one ``fastnas: error: ...`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage block
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
+    def f(text: str) -> Any:
+        return None if text.strip().lower() in ("", "none") else conv(text)
+    f.__name__ = conv.__name__
+    return f
+
+
+#: dest -> flag spec, grouped; the dest is the RunConfig field.
+_GROUPS: Dict[str, List[tuple]] = {
+    "data and search space": [
+        ("space", str, f"search space: nb201 or darts (default: {_D.space})"),
+        ("data", str, f"dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or a FILE.npz with arrays "
+                      f"x, y[, x_test, y_test] (default: {_D.data})"),
+        ("data_dir", str, "directory with the dataset files (default: $FASTNAS_DATA_DIR, system locations)"),
+        ("channels", int, f"supernet channels C (default: {_D.channels})"),
+        ("cells", int, f"NB201: cells per stage N; DARTS: total cells (default: {_D.cells})"),
+        ("valid_size", int, f"search-validation images used for scoring, 0 for the whole half "
+                            f"(default: {_D.valid_size})"),
+        ("limit_train", int, None),  # hidden: tests and smoke runs
+    ],
+    "supernet training (SPOS)": [
+        ("epochs", int, f"supernet epochs (default: {_D.epochs})"),
+        ("batch_size", int, f"images per step (default: {_D.batch_size})"),
+        ("lr", float, f"initial learning rate, cosine to --lr-min (default: {_D.lr})"),
+        ("lr_min", float, f"final learning rate (default: {_D.lr_min})"),
+        ("momentum", float, f"SGD momentum (default: {_D.momentum})"),
+        ("weight_decay", float, f"weight decay (default: {_D.weight_decay})"),
+        ("grad_clip", float, f"gradient-norm clip, 0 to disable (default: {_D.grad_clip})"),
+        ("augment", _bool, "crop-and-flip augmentation, true/false (default: the dataset's; on for CIFAR)"),
+    ],
+    "search": [
+        ("searcher", str, f"{' | '.join(SEARCHERS)} (default: {_D.searcher}); random scores "
+                          "population x generations samples"),
+        ("metric", str, f"{' | '.join(METRICS)} (default: {_D.metric})"),
+        ("population", int, f"candidates per generation (default: {_D.population})"),
+        ("generations", int, f"generations, the random one included (default: {_D.generations})"),
+        ("topk", int, "parents kept per generation (default: population / 4, at least 2)"),
+        ("mutations", int, "mutated children per generation (default: population / 2)"),
+        ("crossovers", int, "crossover children per generation (default: population / 2)"),
+        ("mutate_prob", float, f"per-gene mutation probability (default: {_D.mutate_prob})"),
+        ("max_params", _none_or(float), "upper limit on candidate parameters (default: none)"),
+        ("max_flops", _none_or(float), "upper limit on candidate FLOPs, millions (default: none)"),
+    ],
+    "scores": [
+        ("sigmas", str, "flatness perturbation levels, positive and increasing "
+                        f"(default: {','.join(f'{s:g}' for s in _D.sigmas)}, GeNAS's best on NB201)"),
+        ("alpha", float, f"weight of the |L1/sigma1| term of flatness; 0 = pure flatness (default: {_D.alpha:g})"),
+        ("gamma", float, f"weight of flatness in combined metrics: S + gamma/sigma1 * F (default: {_D.gamma:g})"),
+        ("noise", str, f"noise across levels: {' | '.join(NOISE_MODES)} (default: the flatness default)"),
+        ("samples", int, f"noise samples per level, averaged (default: {_D.samples})"),
+        ("recal_batches", int, "BatchNorm recalibration batches before accuracy/flatness "
+                               "(default: the evaluator's)"),
+    ],
+    "retraining": [
+        ("retrain_epochs", int, f"retrain the winner from scratch this many epochs and test it; 0 skips "
+                                f"(default: {_D.retrain_epochs})"),
+    ],
+    "run": [
+        ("truth", str, "ground-truth CSV (architecture, accuracy columns): adds a Kendall-tau scatter plot"),
+        ("device", str, f"auto | cpu | cuda | cuda:N (default: {_D.device})"),
+        ("threads", int, "CPU threads for torch; 0 = automatic: 1 for images <= 16 px, where more threads "
+                         "were measured up to 30x slower on shared cores (default: 0)"),
+        ("seed", int, f"seeds everything: weights, split, batches, sampling, search, noise (default: {_D.seed})"),
+        ("out", str, "run directory (default: runs/<timestamp>)"),
+    ],
+}
+
+CONFIG_FLAG_DESTS = [spec[0] for specs in _GROUPS.values() for spec in specs]
+
+
+def config_flags(parser: argparse.ArgumentParser, groups: Sequence[str], *,
+                 only: Optional[Sequence[str]] = None) -> None:
+    """Adds the config flags of ``groups`` (optionally ``only`` those dests) to ``parser``."""
+    for title in groups:
+        g = parser.add_argument_group(title)
+        for dest, conv, helptext in _GROUPS[title]:
+            if only is not None and dest not in only:
+                continue
+            flag = "--" + dest.replace("_", "-")
+            metavar = dest.upper() if conv is not _bool else "BOOL"
+            g.add_argument(flag, dest=dest, type=conv, default=argparse.SUPPRESS, metavar=metavar,
+                           help=helptext if helptext is not None else argparse.SUPPRESS)
+
+
+def _common(parser: argparse.ArgumentParser, *, config_file: bool = True) -> None:
+    g = parser.add_argument_group("output")
+    g.add_argument("--quiet", "-q", action="store_const", const=True, default=argparse.SUPPRESS,
+                   help="no progress bars: log lines only")
+    if config_file:
+        g.add_argument("--config", metavar="FILE.toml", default=None,
+                       help="read settings from a TOML file with the flags' names as keys "
+                            "(batch_size = 64); flags given on the command line win")
+
+
+_SEARCH_EPILOG = """\
+examples:
+  fastnas search                                   # NB201 on digits, angle+flatness, a few minutes on 2 CPU cores
+  fastnas search --metric flatness --sigmas 2e-3,1e-2,2e-2 --alpha 0
+  fastnas search --data cifar10 --data-dir ~/data --channels 16 --cells 5 --epochs 50 --device cuda
+  fastnas search --config my.toml --retrain-epochs 20 --out runs/exp1
+  fastnas search --resume runs/exp1                # continue a run that was killed
+
+what happens:
+  1. the training set is split in two halves (seeded): the supernet trains on one (SPOS: one uniformly
+     sampled path per step), candidates are scored on --valid-size images of the other;
+  2. the searcher proposes candidates and scores them with --metric;
+  3. with --retrain-epochs N the winner is trained from scratch on the whole training set and tested;
+  4. the run directory gets config.toml, checkpoints, search_state.json, history.csv, result.json
+     ("arch": the found architecture) and plots/*.png.
+
+metrics (GeNAS's names): accuracy (PBS: top-1 after BN recalibration), angle (ABS: RLNAS's angle between
+initial and trained path weights), flatness (FBS: GeNAS's loss-against-sigma score), and their sums
+S + gamma/sigma1 * F. The default angle+flatness is GeNAS's best-correlated combination on NAS-Bench-201
+(with gamma=16 as in its README) and is cheap: the angle needs no data, flatness one forward pass of
+the validation subset per sigma.
+
+resume: a run killed at any moment (even kill -9) continues with --resume DIR and ends with the same
+result.json (timings aside) as an uninterrupted run with the same seed, device and threads. Settings of
+phases that have not started yet (e.g. the search after train-supernet) may change on resume.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fastnas`` parser with all subcommands."""
+    import fastnas
+
+    p = _Parser(prog="fastnas", formatter_class=_Formatter,
+                description="One-shot neural architecture search: train a weight-sharing supernet, search "
+                            "it with accuracy, angle and GeNAS flatness scores, report and export the winner.",
+                epilog="run `fastnas <command> --help` for a command's options; "
+                       "`fastnas search` with no options runs a small complete search on bundled data.")
+    p.add_argument("--version", action="version", version=f"fastnas {fastnas.__version__}")
+    sub = p.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+
+    s = sub.add_parser("search", help="train a supernet, search it, retrain and report (the main job)",
+                       formatter_class=_Formatter, epilog=_SEARCH_EPILOG,
+                       description="Train the supernet (SPOS), search it, optionally retrain the winner from "
+                                   "scratch, and write a report into the run directory.")
+    config_flags(s, list(_GROUPS))
+    s.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR (its config.toml; only settings of unstarted phases may change)")
+    _common(s)
+
+    t = sub.add_parser("train-supernet", help="only train the supernet (continue later with search --resume)",
+                       formatter_class=_Formatter,
+                       description="Train the SPOS supernet into a run directory. The directory's config.toml "
+                                   "holds the full config; `fastnas search --resume DIR` then searches it "
+                                   "(search settings may still change then).",
+                       epilog="examples:\n  fastnas train-supernet --epochs 50 --out runs/sn\n"
+                              "  fastnas search --resume runs/sn --metric accuracy+flatness\n")
+    config_flags(t, list(_GROUPS))
+    t.add_argument("--resume", metavar="DIR", default=None, help="continue the training in DIR")
+    _common(t)
+
+    sc = sub.add_parser("score", help="score given architectures with a trained run's supernet",
+                        formatter_class=_Formatter,
+                        description="Score architectures with the trained supernet of a run (nothing is "
+                                    "written into the run). Score settings default to the run's.",
+                        epilog="examples:\n"
+                               "  fastnas score --run runs/exp1 --arch '|nor_conv_3x3~0|+|nor_conv_3x3~0|"
+                               "avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|'\n"
+                               "  fastnas score --run runs/exp1 --metric accuracy --arch A --arch B --json\n")
+    sc.add_argument("--run", metavar="DIR", required=True, help="a run directory with a trained supernet")
+    sc.add_argument("--arch", metavar="TEXT", action="append", required=True,
+                    help="architecture in the space's text form (repeat for several)")
+    sc.add_argument("--json", action="store_true", help="print one JSON object per architecture")
+    config_flags(sc, ["data and search space", "search", "scores", "run"],
+                 only=["metric", "sigmas", "alpha", "gamma", "noise", "samples", "recal_batches",
+                       "valid_size", "device", "threads"])
+    _common(sc, config_file=False)
+
+    r = sub.add_parser("retrain", help="train an architecture from scratch on the run's data and test it",
+                       formatter_class=_Formatter,
+                       description="Train an architecture (default: the run's result) from scratch on the "
+                                   "whole training set and report its test accuracy. Writes "
+                                   "DIR/retrain/<id>.json and a resumable checkpoint beside it.",
+                       epilog="examples:\n  fastnas retrain --run runs/exp1 --retrain-epochs 30\n"
+                              "  fastnas retrain --run runs/exp1 --arch '<text>' --retrain-epochs 5\n")
+    r.add_argument("--run", metavar="DIR", required=True, help="a run directory")
+    r.add_argument("--arch", metavar="TEXT", default=None, help="architecture (default: result.json's arch)")
+    config_flags(r, ["retraining", "run"], only=["retrain_epochs", "device", "threads"])
+    _common(r, config_file=False)
+
+    e = sub.add_parser("export", help="write standalone PyTorch source and weights of an architecture",
+                       formatter_class=_Formatter,
+                       description="Write FILE.py (plain PyTorch, no fastnas import) defining the network of "
+                                   "an architecture, and FILE.pt with its weights inherited from the trained "
+                                   "supernet (BatchNorm statistics recalibrated for that architecture).",
+                       epilog="examples:\n  fastnas export --run runs/exp1 --out net.py\n"
+                              "  python -c \"import torch, net; m = net.Network(); "
+                              "m.load_state_dict(torch.load('net.pt')); m.eval()\"\n")
+    e.add_argument("--run", metavar="DIR", required=True, help="a run directory with a trained supernet")
+    e.add_argument("--arch", metavar="TEXT", default=None, help="architecture (default: result.json's arch)")
+    e.add_argument("--out", metavar="FILE.py", required=True, dest="export_out",
+                   help="source file to write; weights go to the same name with .pt")
+    e.add_argument("--class-name", default="Network", help="name of the network class (default: Network)")
+    config_flags(e, ["run"], only=["device", "threads"])
+    _common(e, config_file=False)
+
+    k = sub.add_parser("kendall", help="rank correlation of a run's scores with ground-truth accuracies",
+                       formatter_class=_Formatter,
+                       description="Kendall tau-b and Spearman rho between the scores in a run's history.csv "
+                                   "and ground-truth accuracies from a CSV file; writes a scatter plot.",
+                       epilog="the CSV needs a header row with an architecture column (arch, architecture, "
+                              "arch_str, genotype) and an accuracy column (acc, accuracy, test_acc, top1...)\n\n"
+                              "example:\n  fastnas kendall --run runs/exp1 --truth nb201_cifar10.csv\n")
+    k.add_argument("--run", metavar="DIR", required=True, help="a run directory with history.csv")
+    k.add_argument("--truth", metavar="FILE.csv", required=True, help="ground-truth CSV")
+    k.add_argument("--score-column", default="score",
+                   help="history.csv column to correlate (default: score; e.g. angle, flatness)")
+    k.add_argument("--plot", metavar="FILE.png", default=None, help="scatter plot (default: DIR/plots/kendall.png)")
+    _common(k, config_file=False)
+
+    sub.add_parser("info", help="version, kernel backends, torch, device, threads",
+                   formatter_class=_Formatter,
+                   description="Print the fastnas and torch versions, which kernel backends are available "
+                               "(and why not), the devices and CPU threads.")
+    return p
+
+
+def wrap(text: str, indent: str = "") -> str:
+    return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent)

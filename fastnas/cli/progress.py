@@ -1,0 +1,172 @@
+"""What the CLI shows while a run works: tqdm bars (or log lines with ``--quiet``), and the test hook.
+
+Test hook: ``FASTNAS_TEST_KILL_AT=<phase>:<n>`` makes the process kill itself with SIGKILL (no cleanup,
+like ``kill -9``) at a chosen point, so tests can check that ``--resume`` recovers from a kill anywhere:
+
+* ``train:N`` — right after supernet training step N (1-based, counted over the whole training);
+* ``search:N`` — right after candidate N is scored, before the search state is saved;
+* ``retrain:N`` — right after retraining epoch N, once its checkpoint is written.
+
+It is read only by the CLI, never by the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Any, Dict, Optional
+
+__all__ = ["Display", "setup_logging", "KILL_ENV"]
+
+KILL_ENV = "FASTNAS_TEST_KILL_AT"
+
+log = logging.getLogger("fastnas.cli")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records written through ``tqdm.write`` so they do not break the bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001
+            self.handleError(record)
+
+
+def setup_logging(quiet: bool) -> None:
+    """``fastnas`` loggers to stderr: INFO lines with ``--quiet`` (no bars), warnings otherwise."""
+    logger = logging.getLogger("fastnas")
+    for h in list(logger.handlers):
+        if getattr(h, "_fastnas_cli", False):
+            logger.removeHandler(h)
+    handler: logging.Handler = logging.StreamHandler(sys.stderr) if quiet else _TqdmHandler()
+    handler._fastnas_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S") if quiet
+                         else logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if quiet else logging.WARNING)
+    logger.propagate = False
+
+
+def _kill_point() -> Optional[tuple]:
+    value = os.environ.get(KILL_ENV, "").strip()
+    if not value:
+        return None
+    phase, _, n = value.partition(":")
+    try:
+        return phase, int(n)
+    except ValueError:
+        return None
+
+
+class Display:
+    """``progress(event, info)`` callback of :class:`fastnas.run.pipeline.Run`: bars or log lines."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.bars: Dict[str, Any] = {}
+        self.kill_at = _kill_point()
+        self.best: Optional[float] = None
+
+    # ---- bars
+
+    def _bar(self, key: str, **kw: Any) -> Any:
+        from tqdm import tqdm
+
+        self._close(key)
+        bar = tqdm(file=sys.stderr, dynamic_ncols=True, leave=True, **kw)
+        self.bars[key] = bar
+        return bar
+
+    def _close(self, key: str) -> None:
+        bar = self.bars.pop(key, None)
+        if bar is not None:
+            bar.close()
+
+    def close(self) -> None:
+        for key in list(self.bars):
+            self._close(key)
+
+    def _maybe_kill(self, phase: str, n: int) -> None:
+        if self.kill_at is not None and self.kill_at == (phase, n):
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # ---- events
+
+    def __call__(self, event: str, info: Dict[str, Any]) -> None:
+        handler = getattr(self, "on_" + event.replace(":", "_"), None)
+        if handler is not None:
+            handler(info)
+
+    def on_phase(self, info: Dict[str, Any]) -> None:
+        if info["status"] == "end":
+            self._close(info["name"])
+        if self.quiet:
+            log.info("%s: %s", info["name"], "started" if info["status"] == "start" else "done")
+
+    def on_train_start(self, info: Dict[str, Any]) -> None:
+        if info.get("resumed"):
+            log.info("supernet: resuming at epoch %d/%d", info["start_epoch"], info["epochs"])
+        if not self.quiet:
+            self._bar("train", total=info["epochs"], initial=info["start_epoch"], desc="supernet", unit="epoch")
+
+    def on_train_step(self, info: Dict[str, Any]) -> None:
+        bar = self.bars.get("train")
+        if bar is not None:
+            bar.set_postfix_str(f"step {info['step'] + 1}/{info['steps_per_epoch'] or '?'} "
+                                f"loss {info['loss']:.3f}", refresh=False)
+            if info["step"] % 5 == 0:
+                bar.refresh()
+        self._maybe_kill("train", info["global_step"])
+
+    def on_train_epoch(self, info: Dict[str, Any]) -> None:
+        bar = self.bars.get("train")
+        if bar is not None:
+            bar.set_postfix_str(f"loss {info['loss']:.3f} acc {100 * info['accuracy']:.1f}%", refresh=False)
+            bar.update(1)
+
+    def on_train_end(self, info: Dict[str, Any]) -> None:
+        self._close("train")
+
+    def on_search_start(self, info: Dict[str, Any]) -> None:
+        if not self.quiet:
+            self._bar("search", total=info["total"] or None, initial=info["done"], desc="scoring", unit="arch")
+
+    def on_search_candidate(self, info: Dict[str, Any]) -> None:
+        record = info["record"]
+        if not record.flagged and (self.best is None or record.score > self.best):
+            self.best = record.score
+        bar = self.bars.get("search")
+        if bar is not None:
+            bar.set_postfix_str(f"gen {info['generation']} best {self.best:.4g}" if self.best is not None
+                                else f"gen {info['generation']}", refresh=False)
+            bar.update(1)
+        self._maybe_kill("search", info["n_scored"])
+
+    def on_search_generation(self, info: Dict[str, Any]) -> None:
+        best = info["best"]
+        msg = f"generation {info['generation'] + 1}/{info['generations']}: best {best.score:.5g} {best.text}"
+        if self.quiet:
+            log.info(msg)
+
+    def on_retrain_start(self, info: Dict[str, Any]) -> None:
+        if not self.quiet:
+            self._bar("retrain", total=info["epochs"], initial=info["start_epoch"], desc="retrain", unit="epoch")
+
+    def on_retrain_epoch(self, info: Dict[str, Any]) -> None:
+        bar = self.bars.get("retrain")
+        if bar is not None:
+            bar.set_postfix_str(f"loss {info['loss']:.3f} acc {100 * info['accuracy']:.1f}%", refresh=False)
+            bar.update(1)
+        elif self.quiet:
+            log.info("retrain epoch %d/%d: loss %.4f, train acc %.2f%%", info["epoch"] + 1, info["epochs"],
+                     info["loss"], 100 * info["accuracy"])
+        self._maybe_kill("retrain", info["epoch"] + 1)
+
+    def on_retrain_end(self, info: Dict[str, Any]) -> None:
+        self._close("retrain")

@@ -1,0 +1,475 @@
+"""One run, end to end: data, supernet training, search, retraining, report.
+
+:func:`prepare` validates everything and loads the data *before* anything is written, so bad input
+never leaves a half-made run directory; :class:`Run` then executes the phases. Each phase records in
+``state.json`` that it started and that it is done; every phase can be resumed after a kill:
+
+* train: :func:`fastnas.train.train_supernet` resumes from its end-of-epoch checkpoint;
+* search: evolution resumes from the state saved after every scored candidate; random and exhaustive
+  search replay the recorded scores (their proposals never depend on scores) and score the rest;
+* retrain: resumes from its end-of-epoch checkpoint;
+* report: is recomputed from the saved files.
+
+All randomness derives from ``config.seed`` (weights, split, batch order, sampling, search, noise), so a
+resumed run ends with the same ``result.json`` (timings aside) as an uninterrupted one on the same device
+with the same thread count. Library code: progress goes to the ``progress(event, info)`` callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from fastnas.run.config import PHASE_KEYS, SESSION_KEYS, RunConfig
+from fastnas.run.retrain import derived_seed
+from fastnas.run.rundir import RunDir, read_json, write_json_atomic
+
+__all__ = ["Prepared", "Run", "prepare", "prepare_from_run", "resolve_device", "merge_resume",
+           "default_out", "ProgressFn"]
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, Dict[str, Any]], None]
+Pair = Tuple[torch.Tensor, torch.Tensor]
+
+_SEARCH_STATE_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a device is a ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: torch reports no CUDA device; use --device cpu or auto")
+    return dev
+
+
+def default_out(root: str = "runs") -> str:
+    """``runs/<YYYYmmdd-HHMMSS>``, with a suffix if that exists."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    k = 2
+    while path.exists():
+        path = Path(root) / f"{stamp}-{k}"
+        k += 1
+    return str(path)
+
+
+def merge_resume(saved: RunConfig, given: Dict[str, Any], state: Dict[str, Any], run_path: str) -> RunConfig:
+    """The config to continue a run with: ``saved`` updated by the explicitly ``given`` settings.
+
+    A setting may differ from the saved one only if it describes the session (device, threads,
+    quiet) or if the phase it belongs to has not started yet; otherwise ``ValueError`` names it.
+    """
+    changed = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        key = key.replace("-", "_")
+        if key == "out":
+            if Path(value).resolve() != Path(run_path).resolve():
+                raise ValueError(f"--out {value} differs from --resume {run_path}; give only --resume")
+            continue
+        changed[key] = value
+    merged = saved.replace(**changed)
+    phase_of = {k: phase for phase, keys in PHASE_KEYS.items() for k in keys}
+    for key in changed:
+        if key in SESSION_KEYS or getattr(merged, key) == getattr(saved, key):
+            continue
+        phase = phase_of.get(key)
+        if phase is not None and state["phases"].get(phase) is not None:
+            raise ValueError(f"cannot change {key.replace('_', '-')} when resuming {run_path}: its "
+                             f"{phase} phase has started (run has {getattr(saved, key)!r}, given "
+                             f"{getattr(merged, key)!r}); start a new run instead")
+    return dataclasses.replace(merged, out=str(run_path))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A validated run, its data loaded; nothing written yet."""
+
+    config: RunConfig
+    run_dir: RunDir
+    resumed: bool
+    state: Dict[str, Any]
+    dataset: Any
+    space: Any
+    train: Pair
+    valid: Pair
+    valid_full: Pair
+    device: torch.device
+    data_seconds: float
+
+
+def _subset(pair: Pair, n: int, seed: int, purpose: str) -> Pair:
+    x, y = pair
+    if n <= 0 or n >= y.shape[0]:
+        return pair
+    g = torch.Generator().manual_seed(derived_seed(seed, purpose))
+    idx = torch.randperm(y.shape[0], generator=g)[:n].sort().values
+    return x[idx], y[idx]
+
+
+def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
+    """``create_space`` arguments: channels/cells mapped onto the space's names, plus the data's shape."""
+    kw: Dict[str, Any] = {"C": config.channels, "num_classes": dataset.num_classes,
+                          "in_channels": dataset.in_channels, "resolution": dataset.resolution}
+    kw[{"nb201": "N", "darts": "layers"}.get(config.space, "N")] = config.cells
+    return kw
+
+
+def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any]) -> Prepared:
+    from fastnas.data import load_dataset, split_for_search
+    from fastnas.spaces import create_space, list_spaces
+
+    if config.space not in list_spaces():
+        create_space(config.space)  # raises the registry's ValueError with close matches
+    device = resolve_device(config.device)
+    if config.truth is not None and not Path(config.truth).is_file():
+        raise ValueError(f"truth={config.truth!r}: no such file (expected a CSV of architecture, accuracy)")
+    t0 = time.perf_counter()
+    dataset = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    try:
+        space = create_space(config.space, **space_kwargs(config, dataset))
+    except ValueError as e:
+        raise ValueError(f"space {config.space!r} cannot take {dataset.name!r} "
+                         f"({dataset.in_channels}x{dataset.resolution}x{dataset.resolution}): {e}") from None
+    split = split_for_search(dataset, seed=config.seed)
+    train = _subset(split.supernet_train, config.limit_train, config.seed, "limit-train")
+    valid_full = split.search_valid
+    if config.limit_train:
+        valid_full = _subset(valid_full, config.limit_train, config.seed, "limit-valid")
+    valid = _subset(valid_full, config.valid_size, config.seed, "valid-subset")
+    config = config.resolved(dataset_augment=dataset.augment)
+    return Prepared(config=config, run_dir=run_dir, resumed=resumed, state=state, dataset=dataset, space=space,
+                    train=train, valid=valid, valid_full=valid_full, device=device,
+                    data_seconds=time.perf_counter() - t0)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Validates a new run (``config.out`` must be absent or empty) and loads its data; writes nothing."""
+    out = config.out or default_out()
+    config = dataclasses.replace(config, out=out)
+    run_dir = RunDir(out)
+    run_dir.check_usable_for_new_run()
+    return _load(config, run_dir, False, RunDir.new_state())
+
+
+def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_only: bool = False) -> Prepared:
+    """Validates continuing the run in ``path`` with the ``given`` settings; writes nothing.
+
+    With ``read_only=True`` (scoring, exporting, retraining other architectures) any setting may be
+    overridden for this session: nothing of the run itself will change.
+    """
+    run_dir = RunDir(path)
+    saved = run_dir.load_config()
+    state = run_dir.load_state()
+    if read_only:
+        config = saved.replace(**{k.replace("-", "_"): v for k, v in (given or {}).items() if k != "out"})
+    else:
+        config = merge_resume(saved, dict(given or {}), state, str(path))
+    prepared = _load(config, run_dir, True, state)
+    if prepared.config.augment != saved.augment and state["phases"].get("train") is not None:
+        raise ValueError(f"run {path!r}: augment changed since the supernet was trained")
+    _check_files(prepared)
+    return prepared
+
+
+def _check_files(p: Prepared) -> None:
+    """Loads each checkpoint/state a resume will read, so a corrupt one fails before anything runs."""
+    from fastnas.train import CHECKPOINT_KIND, INIT_KIND, load_checkpoint
+
+    d = p.run_dir
+    if (d / d.SUPERNET).exists():
+        load_checkpoint(d / d.SUPERNET, expected_kind=CHECKPOINT_KIND)
+    if (d / d.SUPERNET_INIT).exists():
+        load_checkpoint(d / d.SUPERNET_INIT, expected_kind=INIT_KIND)
+    if (d / d.SEARCH_STATE).exists():
+        _read_search_state(d)
+    if (d / d.RETRAIN).exists():
+        from fastnas.run.retrain import RETRAIN_KIND
+        load_checkpoint(d / d.RETRAIN, expected_kind=RETRAIN_KIND)
+
+
+def _read_search_state(d: RunDir) -> Dict[str, Any]:
+    data = read_json(d / d.SEARCH_STATE, "search state")
+    if not isinstance(data, dict) or data.get("version") != _SEARCH_STATE_VERSION or "searcher" not in data:
+        raise ValueError(f"search state {str(d / d.SEARCH_STATE)!r} is not a fastnas search state")
+    return data
+
+
+class _Timer:
+    """Seconds per phase, accumulated across sessions in ``state["timings"]``."""
+
+    def __init__(self, timings: Dict[str, float]) -> None:
+        self.timings = timings
+
+    def add(self, name: str, seconds: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + float(seconds)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+
+class Run:
+    """Executes the phases of a prepared run; ``progress(event, info)`` receives everything to show.
+
+    Events: ``phase`` (``name``, ``status`` "start"/"end"), ``train:<trainer event>`` (see
+    :func:`fastnas.train.train_supernet`), ``search:start`` (``total``), ``search:candidate``
+    (``record``, ``n_scored``, ``total``), ``search:generation`` (``generation``, ``best``),
+    ``retrain:<event>``, ``report:written`` (``path``).
+    """
+
+    def __init__(self, prepared: Prepared, progress: Optional[ProgressFn] = None) -> None:
+        self.p = prepared
+        self.config = prepared.config
+        self.space = prepared.space
+        self.dir = prepared.run_dir
+        self.state = prepared.state
+        self.device = prepared.device
+        self.progress = progress or (lambda event, info: None)
+        self.timer = _Timer(self.state.setdefault("timings", {}))
+        self.supernet: Any = None
+        self.initial_state: Optional[Dict[str, torch.Tensor]] = None
+        self.train_result: Any = None
+        self.search_result: Any = None
+        self.score_stats: Dict[str, Any] = {}
+        self.retrain_result: Optional[Dict[str, Any]] = None
+
+    # ---- bookkeeping
+
+    def _mark(self, phase: str, status: str) -> None:
+        self.state["phases"][phase] = status
+        self.dir.save_state(self.state)
+
+    def start(self) -> None:
+        """Creates the run directory (new runs) and counts the session."""
+        if not self.p.resumed:
+            import fastnas
+            self.dir.create(self.config, header=f"fastnas {fastnas.__version__} run config; "
+                                                "resume with: fastnas search --resume <this directory>")
+        else:
+            self.dir.save_config(self.config, header="fastnas run config (resumed)")
+        self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
+        self.timer.add("data", self.p.data_seconds)
+        self.dir.save_state(self.state)
+
+    # ---- phases
+
+    def build_supernet(self) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derived_seed(self.config.seed, "supernet-init"))
+            net = self.space.supernet()
+        return net.to(self.device)
+
+    def train_config(self) -> Any:
+        from fastnas.train import TrainConfig
+
+        c = self.config
+        return TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, lr_min=c.lr_min,
+                           momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
+                           seed=c.seed, augment=bool(c.augment))
+
+    def train(self) -> None:
+        """Trains the supernet (or loads the finished checkpoint)."""
+        from fastnas.data import Batches
+        from fastnas.train import train_supernet
+
+        c = self.config
+        self.progress("phase", {"name": "train", "status": "start"})
+        self._mark("train", "done" if self.state["phases"].get("train") == "done" else "started")
+        self.supernet = self.build_supernet()
+        batch_fn = None
+        if c.augment:
+            x, y = self.p.train
+            fill = self.p.dataset.pad_fill
+
+            def batch_fn(epoch: int):
+                return Batches(x, y, c.batch_size, seed=derived_seed(c.seed, "supernet-batches"), epoch=epoch,
+                               augment=True, fill=fill)
+
+        with self.timer.phase("train"):
+            self.train_result = train_supernet(
+                self.supernet, self.space, *((None, None) if batch_fn else self.p.train), self.train_config(),
+                device=self.device, checkpoint_path=self.dir / self.dir.SUPERNET, resume=True,
+                progress=lambda event, info: self.progress(f"train:{event}", info), batch_fn=batch_fn)
+        self.initial_state = self.train_result.initial_state
+        self._mark("train", "done")
+        self.progress("phase", {"name": "train", "status": "end"})
+
+    def load_trained(self) -> None:
+        """Loads the trained supernet and its initial weights from the run directory."""
+        from fastnas.train import CHECKPOINT_KIND, INIT_KIND, load_checkpoint
+
+        if self.state["phases"].get("train") != "done":
+            raise ValueError(f"run {str(self.dir.path)!r} has no trained supernet yet; continue it with "
+                             f"fastnas search --resume {self.dir.path}")
+        self.supernet = self.build_supernet()
+        payload = load_checkpoint(self.dir / self.dir.SUPERNET, expected_kind=CHECKPOINT_KIND)
+        init = load_checkpoint(self.dir / self.dir.SUPERNET_INIT, expected_kind=INIT_KIND,
+                               expected_fingerprint=payload.get("fingerprint"))
+        try:
+            self.supernet.load_state_dict(payload["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {str(self.dir / self.dir.SUPERNET)!r} does not fit this run's "
+                             f"supernet ({str(e).splitlines()[0]})") from None
+        self.supernet.to(self.device)
+        self.initial_state = init["model"]
+
+    def score_fn(self, config: Optional[RunConfig] = None) -> Any:
+        from fastnas.run.scoring import build_score_fn
+
+        valid = tuple(t.to(self.device) for t in self.p.valid)
+        return build_score_fn(config or self.config, self.supernet, self.space, valid=valid,  # type: ignore[arg-type]
+                              recal=self.p.train, initial_state=self.initial_state, device=self.device)
+
+    def search(self) -> None:
+        """Runs (or continues) the search; the state is saved after every scored candidate."""
+        from fastnas.search import EvolutionConfig, EvolutionState, evolve, exhaustive, random_search
+        from fastnas.search.history import SearchRecord
+
+        c = self.config
+        self.progress("phase", {"name": "search", "status": "start"})
+        if self.state["phases"].get("search") != "done":
+            self._mark("search", "started")
+        path = self.dir / self.dir.SEARCH_STATE
+        saved = _read_search_state(self.dir) if path.exists() else None
+        if saved is not None and saved["searcher"] != c.searcher:
+            raise ValueError(f"search state {str(path)!r} is of searcher {saved['searcher']!r}, not {c.searcher!r}")
+        score_fn = self.score_fn()
+        t_search = time.perf_counter()
+
+        if c.searcher == "evolution":
+            ecfg = EvolutionConfig(population=c.population, topk=c.topk, mutations=c.mutations,
+                                   crossovers=c.crossovers, mutate_prob=c.mutate_prob, generations=c.generations,
+                                   seed=derived_seed(c.seed, "search") % (2 ** 31), max_params=c.max_params,
+                                   max_flops=c.max_flops)
+            state = EvolutionState.from_state_dict(self.space, saved["state"]) if saved \
+                else EvolutionState(self.space, ecfg)
+            total = c.population * c.generations
+
+            def callback(event: str, info: Dict[str, Any]) -> None:
+                st = info["state"]
+                if event == "candidate":
+                    self.progress("search:candidate", {"record": info["record"], "n_scored": len(st.history),
+                                                       "total": total, "generation": info["generation"]})
+                    write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
+                                             "state": st.state_dict()})
+                elif event == "generation":
+                    write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
+                                             "state": st.state_dict()})
+                    self.progress("search:generation", {"generation": info["generation"], "best": info["best"],
+                                                        "generations": c.generations})
+
+            self.progress("search:start", {"total": total, "done": len(state.history)})
+            result = evolve(self.space, score_fn, ecfg, state=state, callback=callback)
+            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
+                                     "state": state.state_dict()})
+        else:
+            # Random and exhaustive search propose without looking at scores: replaying the recorded
+            # scores reproduces the run exactly, and only the rest is scored.
+            records: List[Dict[str, Any]] = list(saved["records"]) if saved else []
+            replay = {r["text"]: SearchRecord.from_dict(r, self.space) for r in records}
+            total = c.population * c.generations if c.searcher == "random" else (self.space.size() or 0)
+
+            def replaying(arch: Any) -> Any:
+                rec = replay.get(self.space.format(arch))
+                if rec is not None:
+                    from fastnas.metrics.combine import Score
+                    return Score(value=rec.score, parts=dict(rec.parts), flagged=rec.flagged)
+                return score_fn(arch)
+
+            def callback(event: str, info: Dict[str, Any]) -> None:
+                record = info["record"]
+                if record.text in replay:
+                    return
+                records.append(record.to_dict())
+                self.progress("search:candidate", {"record": record, "n_scored": len(records), "total": total,
+                                                   "generation": 0})
+                write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher,
+                                         "records": records})
+
+            self.progress("search:start", {"total": total, "done": len(records)})
+            if c.searcher == "random":
+                result = random_search(self.space, replaying, total, seed=derived_seed(c.seed, "search") % (2 ** 31),
+                                       max_params=c.max_params, max_flops=c.max_flops, topk=c.topk,
+                                       callback=callback)
+            else:
+                result = exhaustive(self.space, replaying, callback, max_params=c.max_params,
+                                    max_flops=c.max_flops, topk=c.topk)
+            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher,
+                                     "records": [r.to_dict() for r in result.history]})
+
+        elapsed = time.perf_counter() - t_search
+        recal = score_fn.recal_seconds or 0.0
+        self.timer.add("recalibration", recal)
+        self.timer.add("scoring", score_fn.seconds - recal)
+        self.timer.add("search_other", max(0.0, elapsed - score_fn.seconds))
+        self.score_stats = {"calls": score_fn.calls, "seconds": score_fn.seconds,
+                            "recal_seconds": score_fn.recal_seconds, "recal_calls": score_fn.recal_calls}
+        self.search_result = result
+        self._mark("search", "done")
+        self.progress("phase", {"name": "search", "status": "end"})
+
+    def retrain(self) -> None:
+        """Retrains the winner from scratch (``retrain_epochs > 0``) and tests it."""
+        c = self.config
+        if c.retrain_epochs <= 0:
+            return
+        self.progress("phase", {"name": "retrain", "status": "start"})
+        self._mark("retrain", "done" if self.state["phases"].get("retrain") == "done" else "started")
+        arch = self.search_result.best.arch
+        with self.timer.phase("retrain"):
+            self.retrain_result = self.retrain_arch(arch, self.dir / self.dir.RETRAIN)
+        self._mark("retrain", "done")
+        self.progress("phase", {"name": "retrain", "status": "end"})
+
+    def retrain_arch(self, arch: Any, checkpoint: Optional[Path], epochs: Optional[int] = None) -> Dict[str, Any]:
+        from fastnas.run.retrain import retrain
+
+        c = self.config
+        x = torch.cat([self.p.train[0], self.p.valid_full[0]])
+        y = torch.cat([self.p.train[1], self.p.valid_full[1]])
+        build = {"C": c.channels, "layers": c.cells} if c.space == "darts" else {}
+        return retrain(self.space, arch, (x, y), (self.p.dataset.test_x, self.p.dataset.test_y),
+                       epochs=epochs or c.retrain_epochs, batch_size=c.batch_size, lr=c.lr, lr_min=0.0,
+                       momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
+                       augment=bool(c.augment), fill=self.p.dataset.pad_fill, seed=c.seed, device=self.device,
+                       build_kwargs=build, checkpoint_path=checkpoint,
+                       progress=lambda event, info: self.progress(f"retrain:{event}", info))
+
+    def report(self) -> Dict[str, Any]:
+        """Writes history.csv, result.json and the plots; returns the result."""
+        from fastnas.run.report import write_report
+
+        self.progress("phase", {"name": "report", "status": "start"})
+        t0 = time.perf_counter()
+        result = write_report(self, timed_report_seconds=lambda: time.perf_counter() - t0)
+        self._mark("report", "done")
+        self.progress("phase", {"name": "report", "status": "end"})
+        return result
+
+    def execute(self, *, search: bool = True) -> Optional[Dict[str, Any]]:
+        """All phases (``search=False``: supernet training only); returns the result (None without search)."""
+        self.start()
+        self.train()
+        if not search:
+            return None
+        self.search()
+        self.retrain()
+        return self.report()
+

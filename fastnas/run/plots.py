@@ -1,0 +1,200 @@
+"""The report's plots (PNG): search progress, loss against sigma, the found cell as a graph.
+
+matplotlib's Agg canvas is used directly (no pyplot, no global backend change), imported inside the
+functions so that importing fastnas never imports matplotlib. Cells are drawn with plain matplotlib
+patches (no graphviz).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = ["plot_search_progress", "plot_loss_vs_sigma", "plot_cell", "sigma_losses"]
+
+# One colour per op family, so the same op looks the same in every cell drawing.
+_OP_COLOURS = {"conv": "#1f77b4", "sep": "#1f77b4", "dil": "#9467bd", "pool": "#2ca02c", "skip": "#7f7f7f",
+               "none": "#d62728"}
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _finite(values: Sequence[float]) -> List[float]:
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def plot_search_progress(records: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | str",
+                         title: str = "") -> None:
+    """Best and mean score per generation and the best so far (one generation: running best per candidate).
+
+    ``records`` are history rows with ``generation`` and ``score``.
+    """
+    fig = _figure(5.5, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    gens = sorted({int(r["generation"]) for r in records})
+    if len(gens) > 1:
+        best, mean, so_far, running = [], [], [], -math.inf
+        for g in gens:
+            scores = _finite([float(r["score"]) for r in records if int(r["generation"]) == g])
+            best.append(max(scores) if scores else math.nan)
+            mean.append(sum(scores) / len(scores) if scores else math.nan)
+            running = max([running] + scores)
+            so_far.append(running if math.isfinite(running) else math.nan)
+        ax.plot(gens, best, "o-", label="best of generation")
+        ax.plot(gens, mean, "s--", label="mean of generation")
+        ax.plot(gens, so_far, "k:", label="best so far")
+        ax.set_xlabel("generation")
+        ax.set_xticks(gens)
+    else:
+        running, xs, ys, allx, ally = -math.inf, [], [], [], []
+        for i, r in enumerate(records):
+            s = float(r["score"])
+            if math.isfinite(s):
+                allx.append(i)
+                ally.append(s)
+                running = max(running, s)
+            if math.isfinite(running):
+                xs.append(i)
+                ys.append(running)
+        ax.scatter(allx, ally, s=6, alpha=0.5, label="candidate")
+        ax.plot(xs, ys, "k-", label="best so far")
+        ax.set_xlabel("candidate")
+    ax.set_ylabel("score")
+    ax.set_title(title or "search progress", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def sigma_losses(parts: Mapping[str, Any], n_levels: int) -> Optional[List[float]]:
+    """The per-level losses a flatness score recorded in its parts, or None when there are none.
+
+    Accepts a list under ``losses`` (or ``flatness_losses``, ``loss``), or one entry per level named
+    ``loss_0``, ``loss_1``, ... (or ``loss[0]``, ...).
+    """
+    for key in ("losses", "flatness_losses", "sigma_losses", "loss"):
+        v = parts.get(key)
+        if isinstance(v, (list, tuple)) and len(v) == n_levels:
+            try:
+                return [float(x) for x in v]
+            except (TypeError, ValueError):
+                return None
+    for pattern in ("loss_{}", "loss[{}]", "losses[{}]", "L{}", "loss{}"):
+        for base in (0, 1):
+            keys = [pattern.format(i + base) for i in range(n_levels)]
+            if all(k in parts for k in keys):
+                try:
+                    return [float(parts[k]) for k in keys]
+                except (TypeError, ValueError):
+                    return None
+    return None
+
+
+def plot_loss_vs_sigma(rows: Sequence[Tuple[str, List[float]]], sigmas: Sequence[float],
+                       path: "os.PathLike[str] | str", title: str = "") -> None:
+    """Validation loss against perturbation level for a few candidates (``rows``: label, losses)."""
+    fig = _figure(6.0, 3.8)
+    ax = fig.add_subplot(1, 1, 1)
+    for label, losses in rows:
+        ax.plot(list(sigmas), losses, "o-", label=label if len(label) <= 48 else label[:45] + "...")
+    ax.set_xscale("log")
+    ax.set_xlabel("sigma (perturbation std)")
+    ax.set_ylabel("validation loss")
+    ax.set_title(title or "loss against sigma (flatter and lower is better)", fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def _op_colour(op: str) -> str:
+    for key, colour in _OP_COLOURS.items():
+        if key in op:
+            return colour
+    return "#ff7f0e"
+
+
+def _draw_dag(ax: Any, nodes: Dict[Any, Tuple[str, Tuple[float, float]]],
+              edges: Sequence[Tuple[Any, Any, str]], title: str) -> None:
+    """Nodes as labelled circles, edges as curved arrows labelled with their op."""
+    from matplotlib.patches import Circle, FancyArrowPatch
+
+    radius = 0.22
+    for key, (label, (x, y)) in nodes.items():
+        ax.add_patch(Circle((x, y), radius, facecolor="#f2f2f2", edgecolor="black", zorder=3))
+        ax.text(x, y, label, ha="center", va="center", fontsize=8, zorder=4)
+    # Edges between the same pair of columns bend by how far they jump, so they do not overlap.
+    for src, dst, op in edges:
+        (x0, y0), (x1, y1) = nodes[src][1], nodes[dst][1]
+        span = abs(x1 - x0) + abs(y1 - y0)
+        rad = 0.0 if span <= 1.01 else 0.25 + 0.05 * span
+        colour = _op_colour(op) if op else "#b0b0b0"
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
+                                     arrowstyle="-|>", mutation_scale=10, color=colour, lw=1.4,
+                                     shrinkA=11, shrinkB=11, zorder=2))
+        if not op:
+            continue
+        # label at the arc's midpoint: the chord midpoint moved along the normal by rad * chord / 2
+        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+        dx, dy = x1 - x0, y1 - y0
+        mx, my = mx + rad * dy / 2, my - rad * dx / 2
+        ax.text(mx, my, op, ha="center", va="center", fontsize=6, color=colour, zorder=5,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+    xs = [p[0] for _, p in nodes.values()]
+    ys = [p[1] for _, p in nodes.values()]
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(min(ys) - 1.3, max(ys) + 1.3)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title, fontsize=8)
+
+
+def _nb201_graph(space: Any, arch: Any):
+    nodes = {i: (("in" if i == 0 else "out" if i == 3 else str(i)), (float(i) * 1.6, 0.0)) for i in range(4)}
+    edges = [(src, to, op) for (to, src), op in zip(space.edges, arch) if op != "none"]
+    return nodes, edges
+
+
+def _darts_graph(steps: int, cell: Sequence[Tuple[str, int]], concat: Sequence[int]):
+    nodes: Dict[Any, Tuple[str, Tuple[float, float]]] = {
+        0: ("k-2", (0.0, 0.9)), 1: ("k-1", (0.0, -0.9))}
+    for k in range(steps):
+        nodes[k + 2] = (str(k), (1.6 * (k + 1), 0.9 if k % 2 == 0 else -0.9))
+    nodes["out"] = ("out", (1.6 * (steps + 1), 0.0))
+    edges = [(j, 2 + i // 2, op) for i, (op, j) in enumerate(cell)]
+    edges += [(k, "out", "") for k in concat]
+    return nodes, edges
+
+
+def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str = "") -> None:
+    """The found cell(s) as a graph: NB201's cell, or DARTS's normal and reduction cells."""
+    name = getattr(space, "name", "")
+    if name == "nb201":
+        fig = _figure(7.0, 2.6)
+        nodes, edges = _nb201_graph(space, arch)
+        _draw_dag(fig.add_subplot(1, 1, 1), nodes, edges, title or space.format(arch))
+    elif name == "darts":
+        steps = getattr(space, "steps", 4)
+        fig = _figure(8.0, 5.6)
+        for row, (cell, concat, label) in enumerate(((arch.normal, arch.normal_concat, "normal cell"),
+                                                      (arch.reduce, arch.reduce_concat, "reduction cell"))):
+            nodes, edges = _darts_graph(steps, cell, concat)
+            _draw_dag(fig.add_subplot(2, 1, row + 1), nodes, edges, label)
+        if title:
+            fig.suptitle(title, fontsize=8)
+    else:
+        fig = _figure(6.0, 1.5)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.axis("off")
+        ax.text(0.5, 0.5, space.format(arch), ha="center", va="center", fontsize=7, wrap=True)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")

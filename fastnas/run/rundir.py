@@ -1,0 +1,178 @@
+"""The run directory: its files, atomic writes, and the record of which phases are done.
+
+Layout of a run directory::
+
+    config.toml          the full resolved config (RunConfig)
+    state.json           phases started/done, seconds per phase, sessions
+    supernet.pt          SPOS supernet checkpoint (end of every epoch)
+    supernet_init.pt     the supernet's initial weights (for the angle score)
+    search_state.json    the search state after every scored candidate
+    history.csv          every scored candidate with every score part
+    retrain.pt           checkpoint of the from-scratch retraining of the winner (if any)
+    result.json          the outcome: "arch", scores, params, FLOPs, test accuracy, timings, backends
+    plots/*.png          search progress, loss against sigma, the cell, Kendall-tau scatter
+
+Every file is written to a temporary file in the same directory and moved into place with
+``os.replace``: a run killed at any moment leaves each file either old or new, never half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+from fastnas.run.config import RunConfig, dumps_toml, load_toml
+
+__all__ = ["RunDir", "write_text_atomic", "write_json_atomic", "read_json", "PHASES"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+PHASES = ("train", "search", "retrain", "report")
+_STATE_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def write_text_atomic(path: PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` via a temporary file and ``os.replace`` (with fsync)."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; reports are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if not isinstance(value, (str, int, float, bool, type(None))) and hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> Path:
+    """Writes ``obj`` as indented JSON (non-finite floats as strings 'nan', 'inf'), atomically."""
+    return write_text_atomic(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: PathLike, what: str) -> Any:
+    """Reads a JSON file; a corrupt file is a ``ValueError`` naming it and ``what`` it should hold."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {os.fspath(path)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what} {os.fspath(path)!r} is corrupt ({e})") from None
+
+
+class RunDir:
+    """Paths of one run directory and its phase record (``state.json``)."""
+
+    CONFIG = "config.toml"
+    STATE = "state.json"
+    SUPERNET = "supernet.pt"
+    SUPERNET_INIT = "supernet_init.pt"
+    SEARCH_STATE = "search_state.json"
+    HISTORY = "history.csv"
+    RETRAIN = "retrain.pt"
+    RESULT = "result.json"
+    PLOTS = "plots"
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- what is there
+
+    def is_run(self) -> bool:
+        return (self.path / self.CONFIG).is_file()
+
+    def check_usable_for_new_run(self) -> None:
+        """``ValueError`` unless the directory is absent or empty (a new run never overwrites)."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise ValueError(f"out={str(self.path)!r} exists and is not a directory")
+        if self.is_run():
+            raise ValueError(f"out={str(self.path)!r} already holds a run; continue it with "
+                             f"--resume {self.path} or choose another --out")
+        if any(self.path.iterdir()):
+            raise ValueError(f"out={str(self.path)!r} is not empty and holds no fastnas run; "
+                             "choose another --out")
+
+    def load_config(self) -> RunConfig:
+        """The run's saved config (``ValueError`` if the file is missing or corrupt)."""
+        path = self.path / self.CONFIG
+        if not self.path.is_dir():
+            raise ValueError(f"run directory {str(self.path)!r} does not exist")
+        if not path.is_file():
+            raise ValueError(f"{str(self.path)!r} is not a fastnas run directory (no {self.CONFIG})")
+        try:
+            return RunConfig.from_dict(load_toml(path))
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r} is corrupt or from another fastnas version: {e}") from None
+
+    # ---- writing
+
+    def create(self, config: RunConfig, header: str = "") -> None:
+        """Makes the directory and writes ``config.toml`` and a fresh ``state.json``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.save_config(config, header)
+        self.save_state(self.new_state())
+
+    def save_config(self, config: RunConfig, header: str = "") -> None:
+        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header))
+
+    @staticmethod
+    def new_state() -> Dict[str, Any]:
+        return {"version": _STATE_VERSION, "phases": {}, "timings": {}, "sessions": 0}
+
+    def load_state(self) -> Dict[str, Any]:
+        path = self.path / self.STATE
+        if not path.is_file():
+            return self.new_state()
+        state = read_json(path, "run state")
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION \
+                or not isinstance(state.get("phases"), dict):
+            raise ValueError(f"run state {str(path)!r} is not a fastnas run state (version "
+                             f"{state.get('version') if isinstance(state, dict) else None!r})")
+        state.setdefault("timings", {})
+        state.setdefault("sessions", 0)
+        return state
+
+    def save_state(self, state: Dict[str, Any]) -> None:
+        write_json_atomic(self.path / self.STATE, state)
+
+    def phase(self, state: Dict[str, Any], name: str) -> Optional[str]:
+        """``None``, ``"started"`` or ``"done"``."""
+        return state["phases"].get(name)
