@@ -1,0 +1,661 @@
+"""Batched multi-sigma loss evaluation: the losses of every (noise level, sample) of a candidate in one call.
+
+The work of one flatness score is ``levels * samples`` passes over the validation set with perturbed
+weights. :class:`MultiSigmaEvaluator` does them with as little overhead as the device allows:
+
+* the validation set is staged once on the device as tensors (no DataLoader), in the memory format the
+  model runs fastest in;
+* no host synchronisation per batch: loss sums (``cross_entropy(reduction="sum")``) and correct counts
+  accumulate on the device, one ``tolist()`` per candidate;
+* BatchNorm is recalibrated once per candidate, before any perturbation (the noise is on parameters; the
+  running statistics are buffers and are not perturbed, as in the reference code);
+* each (level, sample) is ``perturb_`` in place (backup buffer reused) -> forward under
+  ``torch.inference_mode`` -> ``restore_`` (exact, bit for bit);
+* a supernet candidate runs as its extracted standalone module (``supernet.extract(arch)``, a copy: the
+  supernet's weights and statistics are never touched). Its parameters are perturbed with the
+  *supernet's* layout offsets, so the noise equals perturbing the whole supernet. After each
+  perturbation a "fast" copy is refreshed: every Conv2d directly followed by a BatchNorm2d inside an
+  ``nn.Sequential`` is folded into one convolution with bias, and the copy is in channels-last format.
+
+Noise streams: the noise of level ``i``, sample ``s`` uses ``stream = s * 65536 + i`` with the given seed
+(``"shared"``: ``stream = s * 65536`` for every level). Streams depend on nothing else, so two candidates
+sharing an edge see the same noise on it (common random numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastnas.ops.layout import ParamLayout
+from fastnas.ops.perturb import Backup, perturb_, restore_
+from fastnas.spaces.base import recalibrate_bn
+
+__all__ = [
+    "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "BN_MODES", "noise_stream",
+    "calibration_batches", "fold_conv_bn", "refresh_folds", "check_sigmas", "check_choice",
+    "extracted_to_supernet",
+]
+
+logger = logging.getLogger(__name__)
+
+NOISE_MODES = ("independent", "cumulative", "shared")
+PRECISIONS = ("fp32", "bf16")
+SCOPES = ("path", "cells")
+BN_MODES = ("exact", "momentum")
+STREAM_STRIDE = 1 << 16  # streams of sample s start at s * STREAM_STRIDE; levels must be fewer
+
+
+# ---- argument checks (shared with flatness.py and scores.py) -------------------------------------
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` naming the argument with close matches."""
+    if isinstance(value, str) and value in choices:
+        return value
+    import difflib
+    close = difflib.get_close_matches(str(value), list(choices), n=2)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"{name}={value!r}: expected one of {list(choices)}{hint}")
+
+
+def check_sigmas(sigmas: Any, name: str = "sigmas") -> Tuple[float, ...]:
+    """Sigmas as a tuple of floats: at least one, each positive and finite, strictly increasing."""
+    if isinstance(sigmas, (str, bytes)) or isinstance(sigmas, numbers.Number):
+        raise ValueError(f"{name}={sigmas!r}: expected a sequence of noise levels, e.g. (0.002, 0.01, 0.02)")
+    try:
+        out = tuple(float(s) for s in sigmas)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={sigmas!r}: expected a sequence of numbers") from None
+    if not out:
+        raise ValueError(f"{name}=(): expected at least one noise level")
+    for s in out:
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"{name}={out!r}: every sigma must be positive and finite, got {s!r}")
+    for a, b in zip(out, out[1:]):
+        if not b > a:
+            raise ValueError(f"{name}={out!r}: expected strictly increasing values ({a!r} then {b!r})")
+    return out
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+    return int(value)
+
+
+def noise_stream(level: int, sample: int, noise: str = "independent") -> int:
+    """The Philox stream of ``(level, sample)``; see the module docstring."""
+    if noise == "shared":
+        return sample * STREAM_STRIDE
+    return sample * STREAM_STRIDE + level
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Losses and accuracies of one candidate at every (level, sample).
+
+    Attributes:
+        sigmas: the noise levels.
+        losses: ``losses[i][s]``: mean loss over the validation samples at level ``i``, sample ``s``.
+        accuracies: ``accuracies[i][s]``: top-1 fraction at level ``i``, sample ``s``.
+        n: validation samples.
+        clean_loss, clean_accuracy: unperturbed loss and top-1 (``None`` unless asked for).
+    """
+
+    sigmas: Tuple[float, ...]
+    losses: Tuple[Tuple[float, ...], ...]
+    accuracies: Tuple[Tuple[float, ...], ...]
+    n: int
+    clean_loss: Optional[float] = None
+    clean_accuracy: Optional[float] = None
+
+    @property
+    def mean_losses(self) -> Tuple[float, ...]:
+        """Loss per level, averaged over samples."""
+        return tuple(sum(row) / len(row) for row in self.losses)
+
+    @property
+    def mean_accuracies(self) -> Tuple[float, ...]:
+        return tuple(sum(row) / len(row) for row in self.accuracies)
+
+    @property
+    def finite(self) -> bool:
+        vals = [v for row in self.losses for v in row]
+        if self.clean_loss is not None:
+            vals.append(self.clean_loss)
+        return all(math.isfinite(v) for v in vals)
+
+
+# ---- BatchNorm folding ---------------------------------------------------------------------------
+
+@dataclass
+class _Fold:
+    conv: nn.Conv2d          # in the source module (perturbed)
+    bn: nn.BatchNorm2d       # in the source module
+    fused: nn.Conv2d         # in the fast module (conv with bias)
+
+
+def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and bn.running_mean is not None and bn.num_features == conv.out_channels
+            and not conv._forward_hooks and not conv._forward_pre_hooks
+            and not bn._forward_hooks and not bn._forward_pre_hooks)
+
+
+def fold_conv_bn(source: nn.Module) -> Tuple[nn.Module, List[_Fold]]:
+    """A deep copy of ``source`` in which every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an
+    ``nn.Sequential`` is replaced by one ``Conv2d`` with bias (the BatchNorm by ``nn.Identity``).
+
+    The fused weights are not computed here: :func:`refresh_folds` computes them from the source
+    module's current (e.g. perturbed) parameters and running statistics, in eval-mode semantics::
+
+        scale = bn.weight / sqrt(bn.running_var + bn.eps)      # 1 for a non-affine BN
+        fused.weight = conv.weight * scale[:, None, None, None]
+        fused.bias = bn.bias - bn.running_mean * scale (+ conv.bias * scale)
+
+    Modules used at more than one place are never folded.
+
+    Returns:
+        ``(fast, folds)``.
+    """
+    counts: Dict[int, int] = {}
+    for _, m in source.named_modules(remove_duplicate=False):
+        counts[id(m)] = counts.get(id(m), 0) + 1
+    fast = copy.deepcopy(source)
+    src_mods = dict(source.named_modules())
+    folds: List[_Fold] = []
+    for name, seq in list(fast.named_modules()):
+        # an nn.Sequential (or a subclass keeping its forward, like ReLUConvBN) runs its children in order
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        keys = list(seq._modules.keys())
+        for a, b in zip(keys, keys[1:]):
+            prefix = f"{name}." if name else ""
+            sconv, sbn = src_mods.get(prefix + a), src_mods.get(prefix + b)
+            if sconv is None or sbn is None or not _foldable(sconv, sbn):
+                continue
+            if counts.get(id(sconv), 0) != 1 or counts.get(id(sbn), 0) != 1:
+                continue
+            if not isinstance(seq._modules[a], nn.Conv2d):  # already consumed as a BN of a previous pair
+                continue
+            c = sconv
+            fused = nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
+                              c.groups, bias=True, padding_mode=c.padding_mode,
+                              device=c.weight.device, dtype=c.weight.dtype)
+            seq._modules[a] = fused
+            seq._modules[b] = nn.Identity()
+            folds.append(_Fold(sconv, sbn, fused))
+    return fast, folds
+
+
+def refresh_folds(folds: Sequence[_Fold]) -> None:
+    """Recomputes every fused convolution from its source conv and BatchNorm (see :func:`fold_conv_bn`)."""
+    for f in folds:
+        bn = f.bn
+        inv = torch.rsqrt(bn.running_var.float() + bn.eps)
+        scale = inv if bn.weight is None else bn.weight.float() * inv
+        shift = -bn.running_mean.float() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.float()
+        if f.conv.bias is not None:
+            shift = shift + f.conv.bias.float() * scale
+        f.fused.weight.copy_(f.conv.weight * scale.view(-1, 1, 1, 1).to(f.conv.weight.dtype))
+        f.fused.bias.copy_(shift)
+
+
+# ---- data staging ----------------------------------------------------------------------------------
+
+def calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: int = 0) -> List[torch.Tensor]:
+    """``n_batches`` batches of ``batch_size`` images drawn deterministically from ``x``.
+
+    Indices come from seeded random permutations of ``range(len(x))`` (a new permutation when one is
+    used up), so every candidate is recalibrated on the same images.
+    """
+    n = int(x.shape[0])
+    if n == 0 or n_batches == 0:
+        return []
+    g = torch.Generator().manual_seed(int(seed))
+    need = n_batches * batch_size
+    perms = []
+    have = 0
+    while have < need:
+        perms.append(torch.randperm(n, generator=g))
+        have += n
+    idx = torch.cat(perms)[:need].to(x.device)
+    return list(x.index_select(0, idx).split(batch_size))
+
+
+def _bn_buffers(module: nn.Module) -> List[torch.Tensor]:
+    out = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            out += [b for b in m.buffers(recurse=False) if b is not None]
+    return out
+
+
+@contextlib.contextmanager
+def _preserved(module: nn.Module, buffers: bool):
+    """Restores every submodule's train/eval flag (and, if ``buffers``, the BatchNorm buffers) on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    saved = [(b, b.detach().clone()) for b in _bn_buffers(module)] if buffers else []
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+        for m, t in modes:
+            m.training = t
+
+
+def _default_batch_size(device: torch.device, n: int) -> int:
+    # Measured on a 2-core AVX-512 CPU: 256 keeps the activations of a C=16 NB201 network near the cache
+    # sizes that matter; on a GPU the whole set (up to 2048) fills the device better.
+    return max(1, min(n, 256 if device.type == "cpu" else 2048))
+
+
+def _loss_sum_fn(criterion: Optional[Callable]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``f(logits, y) -> sum of per-sample losses`` (a 0-dim tensor)."""
+    if criterion is None:
+        return lambda logits, y: F.cross_entropy(logits.float(), y, reduction="sum")
+    reduction = getattr(criterion, "reduction", "mean")
+
+    def fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = criterion(logits.float(), y)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out, dtype=torch.float32, device=logits.device)
+        if out.dim() > 0:
+            return out.float().sum()
+        return out.float() if reduction == "sum" else out.float() * y.shape[0]
+
+    return fn
+
+
+# ---- supernet names of an extracted module --------------------------------------------------------
+
+_NB201_EDGE = re.compile(r"^cells\.(\d+)\.edges\.(\d+)\.")
+_DARTS_OP = re.compile(r"^cells\.(\d+)\.ops\.(\d+)\.")
+
+
+def extracted_to_supernet(supernet: nn.Module, arch: Any, names: Sequence[str]) -> Optional[Dict[str, str]]:
+    """Maps the parameter names of ``supernet.extract(arch)`` to the supernet's names.
+
+    NB201: ``cells.{i}.edges.{k}.rest`` -> ``cells.{i}.edges.{k}.{op}.rest`` in search cells. DARTS:
+    ``cells.{i}.ops.{e}.rest`` -> ``cells.{i}.edges.{edge_index}.{op}.rest``. Other supernets: the identity
+    (names must exist in the supernet). Returns ``None`` when a name cannot be mapped; the caller also
+    checks that the values agree.
+    """
+    from fastnas.spaces.darts import DARTSSupernet
+    from fastnas.spaces.nb201 import NB201Supernet
+    from fastnas.spaces.nb201_ops import SuperCell
+
+    known = dict(supernet.named_parameters())
+    out: Dict[str, str] = {}
+    if isinstance(supernet, NB201Supernet):
+        a = supernet.space.validate(arch)
+        for n in names:
+            m = _NB201_EDGE.match(n)
+            if m and isinstance(supernet.cells[int(m.group(1))], SuperCell):
+                out[n] = f"{n[:m.end()]}{a[int(m.group(2))]}.{n[m.end():]}"
+            else:
+                out[n] = n
+    elif isinstance(supernet, DARTSSupernet):
+        g = supernet.space.validate(arch)
+        for n in names:
+            m = _DARTS_OP.match(n)
+            if m:
+                i, e = int(m.group(1)), int(m.group(2))
+                cell = supernet.cells[i]
+                op, j = (g.reduce if cell.reduction else g.normal)[e]
+                out[n] = f"cells.{i}.edges.{cell.edge_index(e // 2, j)}.{op}.{n[m.end():]}"
+            else:
+                out[n] = n
+    else:
+        out = {n: n for n in names}
+    if any(v not in known for v in out.values()):
+        return None
+    return out
+
+
+# ---- the prepared candidate ----------------------------------------------------------------------
+
+@dataclass
+class _Prepared:
+    targets: List[Tuple[str, torch.Tensor]]      # (layout name, tensor) perturbed in place
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    refresh: Callable[[], None] = lambda: None
+    folded: int = 0
+    channels_last: bool = False
+    path: str = "model"
+    cleanup: List[Any] = field(default_factory=list)
+
+
+class MultiSigmaEvaluator:
+    """Losses of a model (or a supernet candidate) at several Gaussian weight perturbations.
+
+    Args:
+        model: a :class:`~fastnas.spaces.base.Supernet` (call :meth:`evaluate` with an architecture) or any
+            ``nn.Module`` mapping a batch ``x`` to logits (call :meth:`evaluate` without one).
+        valid_x, valid_y: validation images ``(N, ...)`` and int64 labels ``(N,)``; staged on the device
+            once.
+        sigmas: noise levels, positive and strictly increasing (may be empty: clean evaluation only).
+        samples: noise samples per level, averaged.
+        noise: ``"independent"`` (fresh ``N(0, sigma_i^2)`` around the weights at each level),
+            ``"cumulative"`` (the reference code: increments of std ``sigma_i - sigma_(i-1)`` added on top of
+            each other, one restore at the end; the effective std at level ``i`` is
+            ``sqrt(sum of squared increments)``) or ``"shared"`` (one direction ``z`` per sample, scaled by
+            each sigma).
+        seed: noise seed, an integer in ``[0, 2**32)``.
+        precision: ``"fp32"``, or ``"bf16"`` (forward under ``torch.autocast(dtype=torch.bfloat16)``,
+            losses accumulated in fp32/fp64).
+        batch_size: validation batch size (``None``: 256 on CPU, the whole set up to 2048 on a GPU).
+        device: where to evaluate (default: the model's device).
+        channels_last: run the fast copy in channels-last format (``None``: when the model has 4-D
+            convolution weights).
+        fold_bn: fold Conv2d + BatchNorm2d pairs of the fast copy.
+        calib_x: images for BatchNorm recalibration (the supernet-train split); ``None``: ``valid_x``.
+        bn_batches: recalibration batches per candidate (``0``: keep the running statistics).
+        bn_batch_size: images per recalibration batch.
+        bn_mode: ``"exact"`` or ``"momentum"`` (see :func:`~fastnas.spaces.base.recalibrate_bn`).
+        bn_seed: seeds the choice of recalibration images.
+        scope: ``"path"`` (every parameter of the candidate) or ``"cells"`` (only parameters inside the
+            searched cells: NB201 ``SuperCell`` modules, i.e. not the residual blocks; DARTS cell modules,
+            preprocessing included; other supernets: modules whose class name ends in ``Cell``).
+        criterion: ``criterion(logits, y)``, a batch mean (or ``reduction="sum"``); default cross-entropy.
+        params: for a plain model, the parameters to perturb: names or tensors of ``model`` (default all).
+        extract: run a supernet candidate as ``supernet.extract(arch)`` when its parameter names map onto
+            the supernet's (else, or with ``False``, the supernet path itself runs, perturbed in place).
+    """
+
+    def __init__(self, model: nn.Module, valid_x: torch.Tensor, valid_y: torch.Tensor, *,
+                 sigmas: Sequence[float] = (), samples: int = 1, noise: str = "independent", seed: int = 0,
+                 precision: str = "fp32", batch_size: Optional[int] = None, device=None,
+                 channels_last: Optional[bool] = None, fold_bn: bool = True,
+                 calib_x: Optional[torch.Tensor] = None, bn_batches: int = 0, bn_batch_size: int = 64,
+                 bn_mode: str = "exact", bn_seed: int = 0, scope: str = "path",
+                 criterion: Optional[Callable] = None, params: Optional[Iterable] = None,
+                 extract: bool = True) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.is_supernet = hasattr(model, "path_parameters") and hasattr(model, "space")
+        self.sigmas = check_sigmas(sigmas) if len(tuple(sigmas)) else ()
+        self.samples = _check_int("samples", samples, 1)
+        if self.samples > STREAM_STRIDE or len(self.sigmas) >= STREAM_STRIDE:
+            raise ValueError(f"samples={samples}, {len(self.sigmas)} sigmas: expected fewer than {STREAM_STRIDE}")
+        self.noise = check_choice("noise", noise, NOISE_MODES)
+        self.seed = _check_int("seed", seed, 0)
+        if self.seed >= 2 ** 32:
+            raise ValueError(f"seed={seed}: expected an integer in [0, 2**32)")
+        self.precision = check_choice("precision", precision, PRECISIONS)
+        self.scope = check_choice("scope", scope, SCOPES)
+        self.bn_mode = check_choice("bn_mode", bn_mode, BN_MODES)
+        self.bn_batches = _check_int("bn_batches", bn_batches, 0)
+        self.bn_batch_size = _check_int("bn_batch_size", bn_batch_size, 1)
+        self.fold_bn = bool(fold_bn)
+        self.use_extract = bool(extract)
+        self.criterion = criterion
+        self._loss_sum = _loss_sum_fn(criterion)
+
+        first = next(model.parameters(), None)
+        self.device = torch.device(device) if device is not None else (
+            first.device if first is not None else torch.device("cpu"))
+        if not isinstance(valid_x, torch.Tensor) or not isinstance(valid_y, torch.Tensor):
+            raise ValueError("valid_x, valid_y: expected tensors (images (N, ...) and labels (N,))")
+        if valid_x.shape[0] != valid_y.shape[0] or valid_x.shape[0] == 0:
+            raise ValueError(f"valid_x has {valid_x.shape[0]} rows and valid_y {valid_y.shape[0]}: expected the "
+                             "same number, at least 1")
+        n = int(valid_x.shape[0])
+        self.n = n
+        if batch_size is None:
+            batch_size = _default_batch_size(self.device, n)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self.channels_last = bool(has_conv and valid_x.dim() == 4) if channels_last is None else bool(channels_last)
+        if self.channels_last and valid_x.dim() != 4:
+            raise ValueError(f"channels_last=True needs 4-D images; valid_x has shape {tuple(valid_x.shape)}")
+
+        x = valid_x.to(self.device, torch.float32 if valid_x.is_floating_point() else valid_x.dtype)
+        self._x_plain = x.contiguous()
+        self._x_fast = x.contiguous(memory_format=torch.channels_last) if self.channels_last else self._x_plain
+        self._y = valid_y.to(self.device, torch.long)
+        calib = valid_x if calib_x is None else calib_x
+        self._calib = [b.to(self.device, torch.float32).contiguous()
+                       for b in calibration_batches(calib, self.bn_batches, self.bn_batch_size, bn_seed)]
+
+        self.layout = ParamLayout.from_module(model)
+        self._named = dict(model.named_parameters())
+        self._subset = self._resolve_params(params) if params is not None else None
+        self._cell_prefixes = self._find_cell_prefixes() if self.is_supernet else ()
+        self._backup: Optional[Backup] = None
+        self._scratch: Optional[Backup] = None
+        self._last: Dict[str, Any] = {}
+        self.evaluations = 0
+
+    # ---- setup helpers
+
+    def _resolve_params(self, params: Iterable) -> List[str]:
+        by_id = {id(t): n for n, t in self._named.items()}
+        out = []
+        for k, p in enumerate(params):
+            if isinstance(p, str):
+                self.layout.offset(p)  # ValueError with close matches
+                out.append(p)
+            elif isinstance(p, torch.Tensor) and id(p) in by_id:
+                out.append(by_id[id(p)])
+            elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str):
+                self.layout.offset(p[0])
+                out.append(p[0])
+            else:
+                raise ValueError(f"params[{k}]: expected a parameter name or a parameter tensor of the model, "
+                                 f"got {type(p).__name__}")
+        return out
+
+    def _find_cell_prefixes(self) -> Tuple[str, ...]:
+        """Module-name prefixes of the searched cells (see ``scope`` in the class docstring)."""
+        from fastnas.spaces.darts import _SearchCell
+        from fastnas.spaces.nb201_ops import SuperCell
+        out = []
+        for name, m in self.model.named_modules():
+            if isinstance(m, (SuperCell, _SearchCell)) or (
+                    name and type(m).__name__.endswith("Cell") and not isinstance(m, self.model.__class__)):
+                if not any(name.startswith(p) for p in out):
+                    out.append(name + ".")
+        return tuple(out)
+
+    def _in_scope(self, name: str) -> bool:
+        return self.scope == "path" or name.startswith(self._cell_prefixes)
+
+    def _extract_map(self, arch: Any, net: nn.Module) -> Optional[Dict[str, str]]:
+        """Extracted parameter name -> supernet name, checked; ``None`` when it does not map 1:1."""
+        try:
+            mapping = extracted_to_supernet(self.model, arch, [n for n, _ in net.named_parameters()])
+        except Exception as exc:  # unknown naming: run the supernet path instead
+            logger.debug("extract name map failed (%s); using the supernet path", exc)
+            return None
+        if mapping is None:
+            return None
+        path = set(self.model.path_parameters(arch))
+        if set(mapping.values()) != path or len(set(mapping.values())) != len(mapping):
+            return None
+        ext = dict(net.named_parameters())
+        with torch.no_grad():
+            for en, sn in mapping.items():
+                a, b = ext[en], self._named.get(sn)
+                if b is None or a.shape != b.shape or not torch.equal(a, b):
+                    return None
+        return mapping
+
+    def _build_fast(self, source: nn.Module) -> Tuple[Optional[nn.Module], Callable[[], None], int]:
+        """The fast copy of ``source`` (folded, channels-last) and its refresh function."""
+        if not (self.fold_bn or self.channels_last):
+            return None, lambda: None, 0
+        if self.fold_bn:
+            fast, folds = fold_conv_bn(source)
+        else:
+            fast, folds = copy.deepcopy(source), []
+        fast.eval()
+        if self.channels_last:
+            fast = fast.to(memory_format=torch.channels_last)
+        folded_names = set()
+        fast_mods = {id(f.fused) for f in folds}
+        for mname, m in fast.named_modules():
+            if id(m) in fast_mods:
+                folded_names.update(f"{mname}.{p}" if mname else p for p, _ in m.named_parameters(recurse=False))
+        src = dict(source.named_parameters())
+        pairs = [(src[n], p) for n, p in fast.named_parameters() if n not in folded_names and n in src]
+
+        def refresh() -> None:
+            with torch.no_grad():
+                for s, d in pairs:
+                    d.copy_(s)
+                refresh_folds(folds)
+
+        return fast, refresh, len(folds)
+
+    def _prepare(self, arch: Any, stack: contextlib.ExitStack) -> _Prepared:
+        model = self.model
+        if self.is_supernet:
+            if arch is None:
+                raise ValueError("arch: this model is a supernet; pass the architecture to evaluate")
+            net = model.extract(arch) if self.use_extract and hasattr(model, "extract") else None
+            mapping = self._extract_map(arch, net) if net is not None else None
+            if mapping is not None:
+                net.eval()
+                if self._calib:
+                    recalibrate_bn(net, net, self._calib, mode=self.bn_mode)
+                ext = dict(net.named_parameters())
+                targets = [(sn, ext[en]) for en, sn in mapping.items() if self._in_scope(sn)]
+                fast, refresh, folded = self._build_fast(net)
+                runner = fast if fast is not None else net
+                return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last,
+                                 "extracted")
+            # The supernet path itself, perturbed in place; its BatchNorm buffers are put back afterwards.
+            stack.enter_context(_preserved(model, buffers=bool(self._calib)))
+            if self._calib:
+                model.recalibrate(arch, self._calib, mode=self.bn_mode)
+            model.eval()
+            names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
+            return _Prepared([(n, self._named[n]) for n in names], lambda x: model(x, arch), path="supernet")
+        if arch is not None:
+            raise ValueError("arch: this model is not a supernet (it has no path_parameters); call evaluate()")
+        stack.enter_context(_preserved(model, buffers=bool(self._calib)))
+        if self._calib:
+            recalibrate_bn(model, model, self._calib, mode=self.bn_mode)
+        model.eval()
+        names = self._subset if self._subset is not None else list(self._named)
+        targets = [(n, self._named[n]) for n in names]
+        try:
+            fast, refresh, folded = self._build_fast(model)
+        except Exception as exc:  # e.g. a model that cannot be deep-copied
+            logger.debug("no fast copy (%s); running the model itself", exc)
+            fast, refresh, folded = None, lambda: None, 0
+        runner = fast if fast is not None else model
+        return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last, "model")
+
+    # ---- evaluation
+
+    def _pass(self, forward: Callable, x_all: torch.Tensor, acc: torch.Tensor, correct: torch.Tensor,
+              k: int) -> None:
+        """Adds the loss sum and correct count of one pass over the validation set into ``acc[k]``, ``correct[k]``."""
+        bs = self.batch_size
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            for start in range(0, self.n, bs):
+                xb = x_all[start:start + bs]
+                yb = self._y[start:start + bs]
+                logits = forward(xb)
+                acc[k] += self._loss_sum(logits, yb).double()
+                correct[k] += (logits.argmax(1) == yb).sum()
+
+    def evaluate(self, arch: Any = None, *, clean: bool = False, perturbed: bool = True) -> EvalResult:
+        """Losses at every (level, sample) (and, with ``clean``, unperturbed) of ``arch`` (or the model).
+
+        The model's parameters are bit-identical afterwards, also when the forward pass or the criterion
+        raises; a supernet's BatchNorm statistics are untouched.
+        """
+        levels = len(self.sigmas) if perturbed else 0
+        runs = levels * self.samples
+        slots = runs + (1 if clean else 0)
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            prep = self._prepare(arch, stack)
+            x_all = self._x_fast if prep.channels_last else self._x_plain
+            acc = torch.zeros(max(slots, 1), dtype=torch.float64, device=self.device)
+            correct = torch.zeros(max(slots, 1), dtype=torch.int64, device=self.device)
+            prep.refresh()
+            if clean:
+                self._pass(prep.forward, x_all, acc, correct, runs)
+            if runs:
+                self._perturbed_passes(prep, x_all, acc, correct)
+            sums, counts = acc.tolist(), correct.tolist()  # the one host sync
+        self.evaluations += 1
+        self._last = {"path": prep.path, "folded_bn": prep.folded, "channels_last": prep.channels_last,
+                      "perturbed_tensors": len(prep.targets)}
+        n = self.n
+        losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
+        accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
+        return EvalResult(self.sigmas if perturbed else (), losses, accs, n,
+                          sums[runs] / n if clean else None, counts[runs] / n if clean else None)
+
+    def _perturbed_passes(self, prep: _Prepared, x_all: torch.Tensor, acc: torch.Tensor,
+                          correct: torch.Tensor) -> None:
+        targets, layout, seed = prep.targets, self.layout, self.seed
+        if not targets:  # nothing to perturb (e.g. scope="cells" on a path without cell weights)
+            for i in range(len(self.sigmas)):
+                for s in range(self.samples):
+                    self._pass(prep.forward, x_all, acc, correct, i * self.samples + s)
+            return
+        if self.noise == "cumulative":
+            for s in range(self.samples):
+                first: Optional[Backup] = None
+                try:
+                    prev = 0.0
+                    for i, sigma in enumerate(self.sigmas):
+                        step = sigma - prev
+                        prev = sigma
+                        b = perturb_(targets, step, seed, noise_stream(i, s, self.noise), layout=layout,
+                                     backup=self._backup if first is None else self._scratch)
+                        if first is None:
+                            first = self._backup = b
+                        else:
+                            self._scratch = b
+                        prep.refresh()
+                        self._pass(prep.forward, x_all, acc, correct, i * self.samples + s)
+                finally:
+                    if first is not None:
+                        restore_(targets, first)
+            prep.refresh()
+            return
+        for i, sigma in enumerate(self.sigmas):
+            for s in range(self.samples):
+                b = perturb_(targets, sigma, seed, noise_stream(i, s, self.noise), layout=layout,
+                             backup=self._backup)
+                self._backup = b
+                try:
+                    prep.refresh()
+                    self._pass(prep.forward, x_all, acc, correct, i * self.samples + s)
+                finally:
+                    restore_(targets, b)
+        prep.refresh()
+
+    def report(self) -> Dict[str, Any]:
+        """Which path the last evaluation took: device, channels_last, folded_bn, precision, batch_size, ..."""
+        return {"device": str(self.device), "precision": self.precision, "batch_size": self.batch_size,
+                "channels_last": self._last.get("channels_last", self.channels_last),
+                "folded_bn": self._last.get("folded_bn", 0), "path": self._last.get("path"),
+                "perturbed_tensors": self._last.get("perturbed_tensors"), "noise": self.noise,
+                "samples": self.samples, "sigmas": list(self.sigmas), "n": self.n,
+                "bn_batches": self.bn_batches, "evaluations": self.evaluations}
