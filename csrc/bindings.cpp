@@ -28,6 +28,23 @@ std::vector<PerturbItem> make_items(const std::vector<uintptr_t>& src, const std
   return items;
 }
 
+// ptrs[i] = (dst, bias, w, mean, var, gamma, beta); sizes[i] = (c_out, c_in, ks, kd)
+std::vector<fastnas::FoldItem> make_fold_items(const std::vector<std::vector<uintptr_t>>& ptrs,
+                                               const std::vector<std::vector<int64_t>>& sizes,
+                                               const std::vector<double>& eps) {
+  if (ptrs.size() != sizes.size() || ptrs.size() != eps.size())
+    throw std::invalid_argument("fold_conv_bn: argument lists differ in length");
+  std::vector<fastnas::FoldItem> items(ptrs.size());
+  for (size_t i = 0; i < ptrs.size(); ++i) {
+    if (ptrs[i].size() != 7 || sizes[i].size() != 4)
+      throw std::invalid_argument("fold_conv_bn: each item needs 7 pointers and 4 sizes");
+    items[i] = fastnas::FoldItem{ptrs[i][0], ptrs[i][1], ptrs[i][2], ptrs[i][3], ptrs[i][4], ptrs[i][5], ptrs[i][6],
+                                 sizes[i][0], sizes[i][1], static_cast<int>(sizes[i][2]),
+                                 static_cast<int>(sizes[i][3]), eps[i]};
+  }
+  return items;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -78,17 +95,7 @@ PYBIND11_MODULE(_C, m) {
       "fold_conv_bn_cpu",
       [](const std::vector<std::vector<uintptr_t>>& ptrs, const std::vector<std::vector<int64_t>>& sizes,
          const std::vector<double>& eps, int threads) {
-        // ptrs[i] = (dst, bias, w, mean, var, gamma, beta); sizes[i] = (c_out, c_in, ks, kd)
-        if (ptrs.size() != sizes.size() || ptrs.size() != eps.size())
-          throw std::invalid_argument("fold_conv_bn: argument lists differ in length");
-        std::vector<fastnas::FoldItem> items(ptrs.size());
-        for (size_t i = 0; i < ptrs.size(); ++i) {
-          if (ptrs[i].size() != 7 || sizes[i].size() != 4)
-            throw std::invalid_argument("fold_conv_bn: each item needs 7 pointers and 4 sizes");
-          items[i] = fastnas::FoldItem{ptrs[i][0], ptrs[i][1], ptrs[i][2], ptrs[i][3], ptrs[i][4], ptrs[i][5],
-                                       ptrs[i][6], sizes[i][0], sizes[i][1], static_cast<int>(sizes[i][2]),
-                                       static_cast<int>(sizes[i][3]), eps[i]};
-        }
+        auto items = make_fold_items(ptrs, sizes, eps);
         py::gil_scoped_release nogil;
         fastnas::cpu::fold_conv_bn(items, threads);
       },
@@ -122,6 +129,15 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("out"), py::arg("groups"), py::arg("group0"), py::arg("seed"), py::arg("stream"),
       py::arg("cuda_stream"));
+  m.def(
+      "fold_conv_bn_cuda",
+      [](const std::vector<std::vector<uintptr_t>>& ptrs, const std::vector<std::vector<int64_t>>& sizes,
+         const std::vector<double>& eps, uintptr_t cuda_stream) {
+        auto items = make_fold_items(ptrs, sizes, eps);
+        py::gil_scoped_release nogil;
+        fastnas::cuda::fold_conv_bn(items, cuda_stream);
+      },
+      py::arg("ptrs"), py::arg("sizes"), py::arg("eps"), py::arg("cuda_stream"));
 #else
   m.attr("has_cuda") = false;
 #endif

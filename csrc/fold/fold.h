@@ -23,4 +23,10 @@ namespace cpu {
 void fold_conv_bn(const std::vector<FoldItem>& items, int threads);
 }  // namespace cpu
 
+#if defined(FASTNAS_WITH_CUDA)
+namespace cuda {
+void fold_conv_bn(const std::vector<FoldItem>& items, uintptr_t cuda_stream);
+}  // namespace cuda
+#endif
+
 }  // namespace fastnas

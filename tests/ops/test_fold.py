@@ -68,3 +68,18 @@ def test_bad_specs():
         fold_conv_bn([FoldSpec(s.dst.double(), s.bias, s.weight)])
     with pytest.raises(TypeError, match="FoldSpec"):
         fold_conv_bn([("not", "a spec")])
+
+
+@pytest.mark.gpu
+def test_cuda_matches_reference():
+    if not fastnas.backends()["cuda"].available:
+        pytest.skip(fastnas.backends()["cuda"].reason)
+    g = torch.Generator().manual_seed(3)
+    specs = [_spec(g, **kw) for kw in CASES]
+    on_gpu = [FoldSpec(**{k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in s.__dict__.items()})
+              for s in specs]
+    fold_conv_bn(on_gpu, backend="cuda")
+    fold_conv_bn(specs, backend="reference")
+    for a, b in zip(on_gpu, specs):
+        assert torch.allclose(a.dst.cpu(), b.dst, rtol=1e-6, atol=0) and torch.allclose(a.bias.cpu(), b.bias, rtol=1e-6,
+                                                                                        atol=1e-7)

@@ -17,6 +17,7 @@ import torch
 
 from fastnas.ops._dispatch import Backend, Dispatcher
 from fastnas.ops.fold import cpp as _cpp
+from fastnas.ops.fold import cuda as _cuda
 from fastnas.ops.fold import reference as _reference
 
 __all__ = ["FoldSpec", "fold_conv_bn", "DISPATCH"]
@@ -26,8 +27,9 @@ DISPATCH = Dispatcher(
     [
         Backend("reference", ("cpu", "cuda"), (torch.float32,), lambda: None, _reference),
         Backend("cpp", ("cpu",), (torch.float32,), _cpp.availability, _cpp),
+        Backend("cuda", ("cuda",), (torch.float32,), _cuda.availability, _cuda),
     ],
-    priority={"cpu": ["cpp", "reference"], "cuda": ["reference"]},
+    priority={"cpu": ["cpp", "reference"], "cuda": ["cuda", "reference"]},
 )
 
 
