@@ -1,1 +1,24 @@
-"""fastnas.metrics."""
+"""fastnas.metrics: scores of a candidate (accuracy, angle, flatness, combined) and rank correlation."""
+
+from __future__ import annotations
+
+from fastnas.metrics.accuracy import accuracy
+from fastnas.metrics.angle import ANGLE_CONVENTIONS, AngleScorer, angle, angle_pieces
+from fastnas.metrics.combine import Score, combined, flatness_score
+from fastnas.metrics.evaluator import (
+    NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, calibration_batches, fold_conv_bn,
+    noise_stream,
+)
+from fastnas.metrics.flatness import PRESETS, FlatnessConfig, FlatnessResult, flatness, supernet_flatness
+from fastnas.metrics.rank import RankResult, correlate, kendall_tau, load_ground_truth, scatter_plot, spearman
+from fastnas.metrics.scores import DEFAULT_GAMMA, METRICS, ScoreFunction, make_score_fn
+
+__all__ = [
+    "accuracy", "angle", "angle_pieces", "AngleScorer", "ANGLE_CONVENTIONS",
+    "Score", "combined", "flatness_score",
+    "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "calibration_batches",
+    "fold_conv_bn", "noise_stream",
+    "FlatnessConfig", "FlatnessResult", "flatness", "supernet_flatness", "PRESETS",
+    "RankResult", "kendall_tau", "spearman", "load_ground_truth", "correlate", "scatter_plot",
+    "make_score_fn", "ScoreFunction", "METRICS", "DEFAULT_GAMMA",
+]
