@@ -211,7 +211,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_kendall(args: argparse.Namespace) -> int:
     from fastnas.metrics.rank import load_ground_truth, scatter_plot
-    from fastnas.run.pipeline import prepare_from_run
     from fastnas.run.report import _canonicalizer
     from fastnas.run.rundir import RunDir
 
@@ -230,8 +229,6 @@ def cmd_kendall(args: argparse.Namespace) -> int:
         for row in reader:
             cell = row.get(args.score_column, "")
             scores[row["arch"]] = float(cell) if cell not in ("", None) else math.nan
-    from fastnas.spaces import create_space
-
     space = _space_for_texts(config)
     plot = Path(args.plot) if args.plot else run_dir / run_dir.PLOTS / "kendall.png"
     plot.parent.mkdir(parents=True, exist_ok=True)

@@ -85,14 +85,16 @@ _GROUPS: Dict[str, List[tuple]] = {
         ("max_flops", _none_or(float), "upper limit on candidate FLOPs, millions (default: none)"),
     ],
     "scores": [
-        ("sigmas", str, "flatness perturbation levels, positive and increasing "
-                        f"(default: {','.join(f'{s:g}' for s in _D.sigmas)}, GeNAS's best on NB201)"),
+        ("sigmas", str, "flatness perturbation levels, positive and increasing (default: GeNAS's: NB201 "
+                        "2e-3,1e-2,2e-2; DARTS 1e-5,5e-5,1e-4, on CIFAR-100 1e-3,3e-3,6e-3)"),
         ("alpha", float, f"weight of the |L1/sigma1| term of flatness; 0 = pure flatness (default: {_D.alpha:g})"),
-        ("gamma", float, f"weight of flatness in combined metrics: S + gamma/sigma1 * F (default: {_D.gamma:g})"),
-        ("noise", str, f"noise across levels: {' | '.join(NOISE_MODES)} (default: the flatness default)"),
+        ("gamma", float, "weight in combined metrics: S + gamma/sigma1 * F, angle + gamma * accuracy "
+                         "(default: 16 with flatness, as GeNAS's README; 1 for angle+accuracy)"),
+        ("noise", str, f"noise across levels: {' | '.join(NOISE_MODES)} (default: independent; "
+                       "cumulative is the GeNAS code's)"),
         ("samples", int, f"noise samples per level, averaged (default: {_D.samples})"),
-        ("recal_batches", int, "BatchNorm recalibration batches before accuracy/flatness "
-                               "(default: the evaluator's)"),
+        ("recal_batches", int, "BatchNorm recalibration batches of 64 images per candidate before "
+                               "accuracy/flatness (default: 14, GeNAS's ceil(850/64))"),
     ],
     "retraining": [
         ("retrain_epochs", int, f"retrain the winner from scratch this many epochs and test it; 0 skips "

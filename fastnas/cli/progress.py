@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any, Dict, Optional
 
 __all__ = ["Display", "setup_logging", "KILL_ENV"]
@@ -71,6 +72,7 @@ class Display:
         self.bars: Dict[str, Any] = {}
         self.kill_at = _kill_point()
         self.best: Optional[float] = None
+        self._last_refresh = 0.0
 
     # ---- bars
 
@@ -120,7 +122,9 @@ class Display:
         if bar is not None:
             bar.set_postfix_str(f"step {info['step'] + 1}/{info['steps_per_epoch'] or '?'} "
                                 f"loss {info['loss']:.3f}", refresh=False)
-            if info["step"] % 5 == 0:
+            now = time.monotonic()
+            if now - self._last_refresh > 0.5:  # per-step news, at most twice a second
+                self._last_refresh = now
                 bar.refresh()
         self._maybe_kill("train", info["global_step"])
 

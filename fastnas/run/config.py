@@ -61,14 +61,16 @@ class RunConfig:
         max_params, max_flops: limits on candidates (None: none).
 
     Attributes (scores):
-        sigmas: flatness perturbation levels, positive and strictly increasing.
+        sigmas: flatness perturbation levels, positive and strictly increasing (None: GeNAS's preset
+            for the space: NB201 2e-3,1e-2,2e-2; DARTS 1e-5,5e-5,1e-4, or 1e-3,3e-3,6e-3 on CIFAR-100).
         alpha: weight of the ``|L_1 / sigma_1|`` term of the flatness score.
-        gamma: weight of flatness in combined metrics (``S + gamma / sigma_1 * F``).
+        gamma: weight of the second score in combined metrics: ``S + gamma / sigma_1 * F`` for
+            ``*+flatness``, ``angle + gamma * accuracy`` (None: 16, 16 and 1 as in fastnas.metrics).
         noise: how levels draw noise: ``independent``, ``cumulative`` (GeNAS code) or ``shared``
             (None: the flatness default).
         samples: noise samples per level (averaged).
-        recal_batches: BatchNorm recalibration batches before accuracy/flatness (None: the
-            evaluator's default).
+        recal_batches: BatchNorm recalibration batches (of 64 images) per candidate before accuracy
+            and flatness (None: the metrics default, GeNAS's 14).
 
     Attributes (retraining and the run):
         retrain_epochs: train the winner from scratch this many epochs and test it (0: skip).
@@ -110,9 +112,9 @@ class RunConfig:
     max_params: Optional[float] = None
     max_flops: Optional[float] = None
     # scores
-    sigmas: Tuple[float, ...] = (2e-3, 1e-2, 2e-2)
+    sigmas: Optional[Tuple[float, ...]] = None
     alpha: float = 1.0
-    gamma: float = 16.0
+    gamma: Optional[float] = None
     noise: Optional[str] = None
     samples: int = 1
     recal_batches: Optional[int] = None
@@ -131,7 +133,7 @@ class RunConfig:
     def to_dict(self) -> Dict[str, Any]:
         """Plain values (``sigmas`` as a list); ``None`` kept."""
         d = dataclasses.asdict(self)
-        d["sigmas"] = list(self.sigmas)
+        d["sigmas"] = list(self.sigmas) if self.sigmas is not None else None
         return d
 
     @classmethod
@@ -156,15 +158,17 @@ class RunConfig:
         """A copy with ``changes`` applied (``None`` values ignored)."""
         return RunConfig.from_dict(changes, base=self)
 
-    def resolved(self, *, dataset_augment: bool) -> "RunConfig":
-        """Every "choose for me" value decided (what ``config.toml`` records)."""
+    def resolved(self, defaults: Mapping[str, Any]) -> "RunConfig":
+        """Every "choose for me" value decided (what ``config.toml`` records).
+
+        ``defaults`` gives the values that depend on the data or other layers (``augment``,
+        ``sigmas``, ``gamma``, ``noise``, ``recal_batches``); they fill only fields that are None.
+        """
         pop = self.population
-        topk = self.topk if self.topk is not None else max(2, min(pop, pop // 4))
-        mutations = self.mutations if self.mutations is not None else pop // 2
-        crossovers = self.crossovers if self.crossovers is not None else pop // 2
-        augment = self.augment if self.augment is not None else bool(dataset_augment)
-        return dataclasses.replace(self, topk=topk, mutations=mutations, crossovers=crossovers,
-                                   augment=augment)
+        filled: Dict[str, Any] = {
+            "topk": max(2, min(pop, pop // 4)), "mutations": pop // 2, "crossovers": pop // 2, **defaults}
+        changes = {k: v for k, v in filled.items() if getattr(self, k) is None and v is not None}
+        return dataclasses.replace(self, **changes)
 
     def uses(self, score: str) -> bool:
         """Whether the metric includes ``score`` (``accuracy``, ``angle`` or ``flatness``)."""
@@ -216,6 +220,8 @@ def _validate(c: RunConfig) -> None:
         integer(name, 1)
     for name in ("valid_size", "limit_train", "retrain_epochs", "threads", "seed"):
         integer(name, 0)
+    if c.seed >= 2 ** 32:
+        _fail("seed", c.seed, "an integer in [0, 2**32)")
     integer("topk", 1, optional=True)
     integer("mutations", 0, optional=True)
     integer("crossovers", 0, optional=True)
@@ -227,7 +233,7 @@ def _validate(c: RunConfig) -> None:
     number("grad_clip", lambda v: v >= 0, "a number >= 0 (0 disables clipping)")
     number("mutate_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
     number("alpha", lambda v: v >= 0, "a number >= 0")
-    number("gamma", lambda v: True, "a finite number")
+    number("gamma", lambda v: True, "a finite number", optional=True)
     number("max_params", lambda v: v > 0, "a number > 0", optional=True)
     number("max_flops", lambda v: v > 0, "a number > 0", optional=True)
     for name in ("quiet",):
@@ -235,7 +241,8 @@ def _validate(c: RunConfig) -> None:
             _fail(name, getattr(c, name), "true or false")
     if c.augment is not None and not isinstance(c.augment, bool):
         _fail("augment", c.augment, "true or false")
-    object.__setattr__(c, "sigmas", parse_sigmas(c.sigmas))
+    if c.sigmas is not None:
+        object.__setattr__(c, "sigmas", parse_sigmas(c.sigmas))
     if c.topk is not None and c.topk > c.population:
         _fail("topk", c.topk, f"at most population={c.population}")
     m = c.mutations if c.mutations is not None else c.population // 2

@@ -149,10 +149,20 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     if config.limit_train:
         valid_full = _subset(valid_full, config.limit_train, config.seed, "limit-valid")
     valid = _subset(valid_full, config.valid_size, config.seed, "valid-subset")
-    config = config.resolved(dataset_augment=dataset.augment)
+    config = config.resolved(_defaults(config, dataset))
     return Prepared(config=config, run_dir=run_dir, resumed=resumed, state=state, dataset=dataset, space=space,
                     train=train, valid=valid, valid_full=valid_full, device=device,
                     data_seconds=time.perf_counter() - t0)
+
+
+def _defaults(config: RunConfig, dataset: Any) -> Dict[str, Any]:
+    """The defaults that depend on the data, the space and the metrics layer."""
+    from fastnas.metrics import DEFAULT_GAMMA, FlatnessConfig
+    from fastnas.run.scoring import default_sigmas
+
+    base = FlatnessConfig()
+    return {"augment": bool(dataset.augment), "sigmas": default_sigmas(config.space, config.data),
+            "gamma": DEFAULT_GAMMA.get(config.metric), "noise": base.noise, "recal_batches": base.bn_batches}
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -333,9 +343,8 @@ class Run:
     def score_fn(self, config: Optional[RunConfig] = None) -> Any:
         from fastnas.run.scoring import build_score_fn
 
-        valid = tuple(t.to(self.device) for t in self.p.valid)
-        return build_score_fn(config or self.config, self.supernet, self.space, valid=valid,  # type: ignore[arg-type]
-                              recal=self.p.train, initial_state=self.initial_state, device=self.device)
+        return build_score_fn(config or self.config, self.supernet, self.space, valid=self.p.valid,
+                              calib_x=self.p.train[0], initial_state=self.initial_state, device=self.device)
 
     def search(self) -> None:
         """Runs (or continues) the search; the state is saved after every scored candidate."""
@@ -415,12 +424,10 @@ class Run:
                                      "records": [r.to_dict() for r in result.history]})
 
         elapsed = time.perf_counter() - t_search
-        recal = score_fn.recal_seconds or 0.0
-        self.timer.add("recalibration", recal)
-        self.timer.add("scoring", score_fn.seconds - recal)
+        self.timer.add("recalibration", score_fn.recal_seconds)
+        self.timer.add("scoring", score_fn.seconds - score_fn.recal_seconds)
         self.timer.add("search_other", max(0.0, elapsed - score_fn.seconds))
-        self.score_stats = {"calls": score_fn.calls, "seconds": score_fn.seconds,
-                            "recal_seconds": score_fn.recal_seconds, "recal_calls": score_fn.recal_calls}
+        self.score_stats = score_fn.stats()
         self.search_result = result
         self._mark("search", "done")
         self.progress("phase", {"name": "search", "status": "end"})

@@ -75,12 +75,18 @@ def plot_search_progress(records: Sequence[Mapping[str, Any]], path: "os.PathLik
     fig.savefig(os.fspath(path), format="png")
 
 
-def sigma_losses(parts: Mapping[str, Any], n_levels: int) -> Optional[List[float]]:
+def sigma_losses(parts: Mapping[str, Any], sigmas: Sequence[float]) -> Optional[List[float]]:
     """The per-level losses a flatness score recorded in its parts, or None when there are none.
 
-    Accepts a list under ``losses`` (or ``flatness_losses``, ``loss``), or one entry per level named
-    ``loss_0``, ``loss_1``, ... (or ``loss[0]``, ...).
+    Reads ``loss@<sigma>`` entries (fastnas.metrics), else a list under ``losses``, else ``loss_0``, ...
     """
+    keys = [f"loss@{s:g}" for s in sigmas]
+    if all(k in parts for k in keys):
+        try:
+            return [float(parts[k]) for k in keys]
+        except (TypeError, ValueError):
+            return None
+    n_levels = len(sigmas)
     for key in ("losses", "flatness_losses", "sigma_losses", "loss"):
         v = parts.get(key)
         if isinstance(v, (list, tuple)) and len(v) == n_levels:

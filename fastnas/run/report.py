@@ -105,7 +105,7 @@ def _sigma_rows(records: Sequence[Any], sigmas: Sequence[float], n: int = 5):
     rows = []
     ranked = sorted((r for r in records if not r.flagged and math.isfinite(r.score)), key=lambda r: -r.score)
     for r in ranked:
-        losses = sigma_losses(r.parts, len(sigmas))
+        losses = sigma_losses(r.parts, sigmas)
         if losses is not None:
             rows.append((f"{r.text}  ({r.score:.4g})", losses))
         if len(rows) == n:

@@ -1,0 +1,116 @@
+"""Bad input: one line `fastnas: error: ...` on stderr, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY
+
+BAD = {
+    "unknown space": ["--space", "nb202"],
+    "unknown metric": ["--metric", "angel"],
+    "unknown searcher": ["--searcher", "genetic"],
+    "unknown dataset": ["--data", "digitz"],
+    "missing npz": ["--data", "no/such/file.npz"],
+    "sigmas decreasing": ["--sigmas", "1e-2,2e-3"],
+    "sigmas not positive": ["--sigmas", "0,1e-2"],
+    "sigmas not numbers": ["--sigmas", "a,b"],
+    "noise mode": ["--noise", "gaussian"],
+    "epochs zero": ["--epochs", "0"],
+    "epochs not int": ["--epochs", "two"],
+    "unknown flag": ["--populaton", "3"],
+    "population too small": ["--population", "4", "--topk", "5"],
+    "missing config": ["--config", "no/such.toml"],
+    "missing truth": ["--truth", "no/such.csv"],
+}
+
+
+def _check(r, out_dir):
+    assert r.code == 2, (r.code, r.err)
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastnas: error: "), r.err
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("args", list(BAD.values()), ids=list(BAD))
+def test_bad_search_input(cli, tmp_path, args):
+    out = tmp_path / "run"
+    _check(cli("search", *TINY, *args, "--out", out), out)
+
+
+def test_bad_config_file_key_and_value(cli, tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("metrik = 'angle'\n")
+    r = cli("search", *TINY, "--config", cfg, "--out", out)
+    _check(r, out)
+    assert "did you mean 'metric'" in r.err
+    cfg.write_text("mutate_prob = 'many'\n")
+    _check(cli("search", *TINY, "--config", cfg, "--out", out), out)
+    cfg.write_text("mutate_prob = [\n")
+    _check(cli("search", *TINY, "--config", cfg, "--out", out), out)
+
+
+def test_out_holding_another_run_or_other_files(cli, tiny_run, tmp_path):
+    before = sorted(p.name for p in tiny_run.iterdir())
+    r = cli("search", *TINY, "--metric", "accuracy", "--out", tiny_run)
+    assert r.code == 2 and "already holds a run" in r.err
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    r = cli("search", *TINY, "--out", other)
+    assert r.code == 2 and "not empty" in r.err
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_resume_with_changed_settings_of_a_started_phase(cli, tiny_run):
+    r = cli("search", "--resume", tiny_run, "--channels", "8")
+    assert r.code == 2 and "cannot change channels" in r.err
+
+
+def test_bad_architecture_strings(cli, tiny_run, tmp_path):
+    for cmd in (["score", "--run", tiny_run, "--arch", "|conv~0|+"],
+                ["retrain", "--run", tiny_run, "--arch", "|nor_conv_3x3~0|"],
+                ["export", "--run", tiny_run, "--arch", "nonsense", "--out", tmp_path / "net.py"]):
+        r = cli(*cmd)
+        assert r.code == 2 and r.err.startswith("fastnas: error: ") and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "net.py").exists() and not (tiny_run / "retrain").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "foreign", "garbage"])
+def test_corrupt_or_foreign_checkpoint_is_a_clear_error(cli, tiny_run, tmp_path, damage):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    ckpt = run / "supernet.pt"
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    elif damage == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(3)}}, ckpt)
+    else:
+        ckpt.write_bytes(b"not a checkpoint at all")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for cmd in (["search", "--resume", run], ["score", "--run", run, "--arch",
+                                              "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"]):
+        r = cli(*cmd)
+        assert r.code == 2, r.err
+        assert "supernet.pt" in r.err and len(r.err.strip().splitlines()) == 1
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_corrupt_search_state_is_a_clear_error(cli, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "search_state.json").write_text('{"version": 1, "searcher": "evol')
+    r = cli("search", "--resume", run)
+    assert r.code == 2 and "search_state.json" in r.err and "corrupt" in r.err
+
+
+def test_not_a_run_directory(cli, tmp_path):
+    for cmd in (["search", "--resume", tmp_path], ["score", "--run", tmp_path, "--arch", "x"],
+                ["kendall", "--run", tmp_path, "--truth", tmp_path / "t.csv"]):
+        r = cli(*cmd)
+        assert r.code == 2 and "not a fastnas run directory" in r.err, r.err

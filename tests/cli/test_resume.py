@@ -1,0 +1,62 @@
+"""Kill -9 at any phase, then `--resume`: the same result.json (timings aside) as an uninterrupted run.
+
+The kills use the CLI's test hook ``FASTNAS_TEST_KILL_AT=<phase>:<n>`` (see fastnas/cli/progress.py):
+the process sends itself SIGKILL at that point, exactly like ``kill -9`` from outside.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from conftest import run_subprocess, tiny
+
+# Two epochs of 4 steps (128 images, batch 32), 8 candidates, 2 retraining epochs.
+ARGS = tiny(epochs=2, retrain_epochs=2)
+
+
+def _result(path):
+    d = json.loads((path / "result.json").read_text())
+    d.pop("timings")
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run_subprocess(["search", *ARGS, "--out", out])
+    assert r.code == 0, r.err
+    return _result(out)
+
+
+def _killed(out, point):
+    r = run_subprocess(["search", *ARGS, "--out", out], env_extra={"FASTNAS_TEST_KILL_AT": point})
+    assert r.code == -signal.SIGKILL, (r.code, r.err)
+    assert not (out / "result.json").exists()
+
+
+def test_kill_during_supernet_training_then_resume(tmp_path, reference):
+    out = tmp_path / "run"
+    _killed(out, "train:6")  # in the second epoch: resumes from the end-of-epoch-1 checkpoint
+    state = json.loads((out / "state.json").read_text())
+    assert state["phases"]["train"] == "started"
+    r = run_subprocess(["search", "--resume", out, "--quiet"])
+    assert r.code == 0, r.err
+    assert _result(out) == reference
+
+
+def test_kill_during_search_and_retraining_then_resume(tmp_path, reference):
+    out = tmp_path / "run"
+    _killed(out, "search:5")  # candidate 5 scored but not saved: it is scored again
+    saved = json.loads((out / "search_state.json").read_text())
+    assert len(saved["state"]["history"]) == 4
+    r = run_subprocess(["search", "--resume", out, "--quiet"], env_extra={"FASTNAS_TEST_KILL_AT": "retrain:1"})
+    assert r.code == -signal.SIGKILL, r.err
+    r = run_subprocess(["search", "--resume", out, "--quiet"])
+    assert r.code == 0, r.err
+    got = _result(out)
+    assert got == reference
+    assert got["test_accuracy"] is not None
+    assert json.loads((out / "result.json").read_text())["timings"]["sessions"] == 3
