@@ -127,7 +127,7 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
                 if grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-                loss_sum += float(loss) * yb.shape[0]
+                loss_sum += float(loss.detach()) * yb.shape[0]
                 correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += int(yb.shape[0])
         scheduler.step()
