@@ -88,11 +88,11 @@ class RunConfig:
     data: str = "digits"
     data_dir: Optional[str] = None
     channels: int = 16
-    cells: int = 1
+    cells: int = 2
     valid_size: int = 256
     limit_train: int = 0
     # supernet training
-    epochs: int = 30
+    epochs: int = 50
     batch_size: int = 64
     lr: float = 0.05
     lr_min: float = 0.001
@@ -104,7 +104,7 @@ class RunConfig:
     searcher: str = "evolution"
     metric: str = "angle+flatness"
     population: int = 20
-    generations: int = 5
+    generations: int = 10
     topk: Optional[int] = None
     mutations: Optional[int] = None
     crossovers: Optional[int] = None

@@ -99,14 +99,17 @@ def _shares(timings: Mapping[str, float]) -> Dict[str, float]:
     return {k: (timings.get(k, 0.0) / total if total > 0 else 0.0) for k in PHASE_LABELS if k in timings}
 
 
-def _sigma_rows(records: Sequence[Any], sigmas: Sequence[float], n: int = 5):
+def _sigma_rows(records: Sequence[Any], sigmas: Sequence[float], canonical: Optional[Callable[[Any], Any]],
+                n: int = 5):
     from fastnas.run.plots import sigma_losses
 
-    rows = []
+    rows, seen = [], set()
     ranked = sorted((r for r in records if not r.flagged and math.isfinite(r.score)), key=lambda r: -r.score)
     for r in ranked:
         losses = sigma_losses(r.parts, sigmas)
-        if losses is not None:
+        key = canonical(r.arch) if canonical is not None else r.text
+        if losses is not None and key not in seen:  # equivalent cells have equal curves: show one
+            seen.add(key)
             rows.append((f"{r.text}  ({r.score:.4g})", losses))
         if len(rows) == n:
             break
@@ -146,7 +149,7 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     if best is not None:
         attempt("cell", lambda: plots.plot_cell(space, best.arch, plot_dir / "cell.png"))
     if c.uses("flatness"):
-        rows = _sigma_rows(records, c.sigmas)
+        rows = _sigma_rows(records, c.sigmas, getattr(space, "canonical", None))
         if rows:
             attempt("loss_vs_sigma", lambda: plots.plot_loss_vs_sigma(rows, c.sigmas, plot_dir / "loss_vs_sigma.png"))
     kendall = None
