@@ -85,3 +85,53 @@ def test_train_supernet_then_search_with_other_search_settings(cli, tmp_path):
     assert json.loads((out / "result.json").read_text())["search"]["metric"] == "angle"
     r = cli("search", "--resume", out, "--metric", "accuracy")  # now it has
     assert r.code == 2 and "cannot change metric" in r.err
+
+
+def test_random_search_resumes_by_replaying_recorded_scores(cli, tmp_path):
+    import shutil
+
+    full = tmp_path / "full"
+    assert cli("search", *TINY, "--searcher", "random", "--out", full).code == 0
+    # The state a kill after the third candidate leaves: 3 records, search started, no report.
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    state = json.loads((part / "search_state.json").read_text())
+    state["records"] = state["records"][:3]
+    (part / "search_state.json").write_text(json.dumps(state))
+    run_state = json.loads((part / "state.json").read_text())
+    run_state["phases"] = {"train": "done", "search": "started"}
+    (part / "state.json").write_text(json.dumps(run_state))
+    (part / "result.json").unlink()
+    r = cli("search", "--resume", part)
+    assert r.code == 0, r.err
+
+    def strip(p):
+        d = json.loads((p / "result.json").read_text())
+        d.pop("timings")
+        return d
+
+    assert strip(part) == strip(full)
+    assert json.loads((part / "result.json").read_text())["timings"]["scoring"]["calls"] == 5  # 8 - 3
+
+
+def test_search_with_ground_truth_adds_kendall(cli, tmp_path):
+    import itertools
+    import random
+
+    from fastnas.spaces.nb201 import EDGES, OPS
+
+    space = create_space("nb201")
+    rng = random.Random(0)
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arch", "accuracy"])
+        for arch in itertools.product(OPS, repeat=len(EDGES)):
+            w.writerow([space.format(arch), rng.uniform(10, 90)])
+    out = tmp_path / "run"
+    r = cli("search", *TINY, "--truth", truth, "--out", out)
+    assert r.code == 0, r.err
+    result = json.loads((out / "result.json").read_text())
+    assert result["kendall"]["n"] == 8 and -1 <= result["kendall"]["tau"] <= 1
+    assert (out / "plots" / "kendall.png").exists()
+    assert "Kendall tau" in r.out
