@@ -2,11 +2,13 @@
 
 Bad input (an unknown name, a malformed architecture, a run directory that holds another run, a corrupt
 checkpoint) is one line on stderr, ``fastnas: error: ...``, and exit code 2; it is detected before
-anything is written. Library code never prints: this package does.
+anything is written. Library code never prints: this package does. ``FASTNAS_DEBUG=1`` shows the
+traceback of such an error instead (for bug reports).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import List, Optional
 
@@ -26,6 +28,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         return COMMANDS[args.command](args)
     except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        if os.environ.get("FASTNAS_DEBUG"):
+            raise
         message = " ".join(str(e).split()) or type(e).__name__
         print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
         return 2

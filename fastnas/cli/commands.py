@@ -10,9 +10,9 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from fastnas.cli.parser import CONFIG_FLAG_DESTS, UsageError
+from fastnas.cli.parser import CONFIG_FLAG_DESTS
 from fastnas.cli.progress import Display, setup_logging
 
 __all__ = ["cmd_search", "cmd_train_supernet", "cmd_score", "cmd_retrain", "cmd_export", "cmd_kendall",

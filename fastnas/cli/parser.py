@@ -7,8 +7,6 @@ parsed namespace, so it never overrides the config file or a resumed run's saved
 from __future__ import annotations
 
 import argparse
-import sys
-import textwrap
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from fastnas.run.config import METRICS, NOISE_MODES, SEARCHERS, RunConfig
@@ -231,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "  fastnas retrain --run runs/exp1 --arch '<text>' --retrain-epochs 5\n")
     r.add_argument("--run", metavar="DIR", required=True, help="a run directory")
     r.add_argument("--arch", metavar="TEXT", default=None, help="architecture (default: result.json's arch)")
-    config_flags(r, ["retraining", "run"], only=["retrain_epochs", "device", "threads"])
+    r.add_argument("--retrain-epochs", dest="retrain_epochs", type=int, default=argparse.SUPPRESS,
+                   metavar="N", help="epochs (default: the run's --retrain-epochs, or 10 if it had none)")
+    config_flags(r, ["run"], only=["device", "threads"])
     _common(r, config_file=False)
 
     e = sub.add_parser("export", help="write standalone PyTorch source and weights of an architecture",
@@ -269,7 +269,3 @@ def build_parser() -> argparse.ArgumentParser:
                    description="Print the fastnas and torch versions, which kernel backends are available "
                                "(and why not), the devices and CPU threads.")
     return p
-
-
-def wrap(text: str, indent: str = "") -> str:
-    return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent)

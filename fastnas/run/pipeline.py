@@ -21,7 +21,6 @@ import contextlib
 import dataclasses
 import datetime
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple

@@ -16,7 +16,7 @@ import platform
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from fastnas.run.config import PHASE_KEYS
-from fastnas.run.rundir import RunDir, write_json_atomic, write_text_atomic
+from fastnas.run.rundir import write_json_atomic, write_text_atomic
 
 __all__ = ["write_report", "history_csv", "summary_lines", "backends_used", "PHASE_LABELS"]
 
@@ -142,7 +142,6 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
             logger.warning("plot %s failed: %s: %s", name, type(e).__name__, e)
             return None
 
-    hist_dicts = [r.to_dict() for r in records]
     attempt("search_progress", lambda: plots.plot_search_progress(
         [{"generation": r.generation, "score": r.score} for r in records], plot_dir / "search_progress.png",
         title=f"{c.searcher} search, metric {c.metric}"))
