@@ -28,7 +28,7 @@ std::vector<PerturbItem> make_items(const std::vector<uintptr_t>& src, const std
   return items;
 }
 
-// ptrs[i] = (dst, bias, w, mean, var, gamma, beta); sizes[i] = (c_out, c_in, ks, kd)
+// ptrs[i] = (dst, bias, w, mean, var, gamma, beta, conv_bias); sizes[i] = (c_out, c_in, ks, kd)
 std::vector<fastnas::FoldItem> make_fold_items(const std::vector<std::vector<uintptr_t>>& ptrs,
                                                const std::vector<std::vector<int64_t>>& sizes,
                                                const std::vector<double>& eps) {
@@ -36,9 +36,10 @@ std::vector<fastnas::FoldItem> make_fold_items(const std::vector<std::vector<uin
     throw std::invalid_argument("fold_conv_bn: argument lists differ in length");
   std::vector<fastnas::FoldItem> items(ptrs.size());
   for (size_t i = 0; i < ptrs.size(); ++i) {
-    if (ptrs[i].size() != 7 || sizes[i].size() != 4)
-      throw std::invalid_argument("fold_conv_bn: each item needs 7 pointers and 4 sizes");
+    if (ptrs[i].size() != 8 || sizes[i].size() != 4)
+      throw std::invalid_argument("fold_conv_bn: each item needs 8 pointers and 4 sizes");
     items[i] = fastnas::FoldItem{ptrs[i][0], ptrs[i][1], ptrs[i][2], ptrs[i][3], ptrs[i][4], ptrs[i][5], ptrs[i][6],
+                                 ptrs[i][7],
                                  sizes[i][0], sizes[i][1], static_cast<int>(sizes[i][2]),
                                  static_cast<int>(sizes[i][3]), eps[i]};
   }

@@ -6,7 +6,7 @@ from fastnas.metrics.accuracy import accuracy
 from fastnas.metrics.angle import ANGLE_CONVENTIONS, AngleScorer, angle, angle_pieces
 from fastnas.metrics.combine import Score, combined, flatness_score
 from fastnas.metrics.evaluator import (
-    NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, calibration_batches, fold_conv_bn,
+    NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, calibration_batches, foldable_copy,
     noise_stream,
 )
 from fastnas.metrics.flatness import PRESETS, FlatnessConfig, FlatnessResult, flatness, supernet_flatness
@@ -17,7 +17,7 @@ __all__ = [
     "accuracy", "angle", "angle_pieces", "AngleScorer", "ANGLE_CONVENTIONS",
     "Score", "combined", "flatness_score",
     "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "calibration_batches",
-    "fold_conv_bn", "noise_stream",
+    "foldable_copy", "noise_stream",
     "FlatnessConfig", "FlatnessResult", "flatness", "supernet_flatness", "PRESETS",
     "RankResult", "kendall_tau", "spearman", "load_ground_truth", "correlate", "scatter_plot",
     "make_score_fn", "ScoreFunction", "METRICS", "DEFAULT_GAMMA",

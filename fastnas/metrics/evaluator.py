@@ -37,13 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import Backup, perturb_, restore_
 from fastnas.spaces.base import recalibrate_bn
 
 __all__ = [
     "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "BN_MODES", "noise_stream",
-    "calibration_batches", "fold_conv_bn", "refresh_folds", "check_sigmas", "check_choice",
+    "calibration_batches", "foldable_copy", "refresh_folds", "check_sigmas", "check_choice",
     "extracted_to_supernet",
 ]
 
@@ -148,13 +149,16 @@ class _Fold:
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+    # What the native fold kernel (fastnas.ops.fold) takes: float32 convolutions with odd square kernels.
     return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+            and conv.weight.dtype == torch.float32
+            and conv.kernel_size[0] == conv.kernel_size[1] and conv.kernel_size[0] % 2 == 1
             and bn.running_mean is not None and bn.num_features == conv.out_channels
             and not conv._forward_hooks and not conv._forward_pre_hooks
             and not bn._forward_hooks and not bn._forward_pre_hooks)
 
 
-def fold_conv_bn(source: nn.Module) -> Tuple[nn.Module, List[_Fold]]:
+def foldable_copy(source: nn.Module) -> Tuple[nn.Module, List[_Fold]]:
     """A deep copy of ``source`` in which every ``Conv2d`` directly followed by a ``BatchNorm2d`` inside an
     ``nn.Sequential`` is replaced by one ``Conv2d`` with bias (the BatchNorm by ``nn.Identity``).
 
@@ -163,9 +167,10 @@ def fold_conv_bn(source: nn.Module) -> Tuple[nn.Module, List[_Fold]]:
 
         scale = bn.weight / sqrt(bn.running_var + bn.eps)      # 1 for a non-affine BN
         fused.weight = conv.weight * scale[:, None, None, None]
-        fused.bias = bn.bias - bn.running_mean * scale (+ conv.bias * scale)
+        fused.bias = bn.bias + (conv.bias - bn.running_mean) * scale
 
-    Modules used at more than one place are never folded.
+    Only float32 convolutions with odd square kernels are folded (what the native fold kernel takes);
+    modules used at more than one place are never folded.
 
     Returns:
         ``(fast, folds)``.
@@ -201,18 +206,23 @@ def fold_conv_bn(source: nn.Module) -> Tuple[nn.Module, List[_Fold]]:
 
 
 def refresh_folds(folds: Sequence[_Fold]) -> None:
-    """Recomputes every fused convolution from its source conv and BatchNorm (see :func:`fold_conv_bn`)."""
+    """Recomputes every fused convolution from its source conv and BatchNorm (see :func:`foldable_copy`),
+    all pairs in one call of the native fold kernel :func:`fastnas.ops.fold.fold_conv_bn`."""
+    if not folds:
+        return
+    specs = []
     for f in folds:
-        bn = f.bn
-        inv = torch.rsqrt(bn.running_var.float() + bn.eps)
-        scale = inv if bn.weight is None else bn.weight.float() * inv
-        shift = -bn.running_mean.float() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.float()
-        if f.conv.bias is not None:
-            shift = shift + f.conv.bias.float() * scale
-        f.fused.weight.copy_(f.conv.weight * scale.view(-1, 1, 1, 1).to(f.conv.weight.dtype))
-        f.fused.bias.copy_(shift)
+        bn, w = f.bn, f.conv.weight
+        specs.append(FoldSpec(torch.empty(w.shape, dtype=torch.float32, device=w.device),
+                              torch.empty(w.shape[0], dtype=torch.float32, device=w.device),
+                              w.detach().contiguous(), bn.running_mean, bn.running_var,
+                              None if bn.weight is None else bn.weight.detach(),
+                              None if bn.bias is None else bn.bias.detach(), bn.eps,
+                              None if f.conv.bias is None else f.conv.bias.detach()))
+    fold_conv_bn(specs)
+    for f, spec in zip(folds, specs):
+        f.fused.weight.copy_(spec.dst)  # the fused copy may be channels-last
+        f.fused.bias.copy_(spec.bias)
 
 
 # ---- data staging ----------------------------------------------------------------------------------
@@ -506,7 +516,7 @@ class MultiSigmaEvaluator:
         if not (self.fold_bn or self.channels_last):
             return None, lambda: None, 0
         if self.fold_bn:
-            fast, folds = fold_conv_bn(source)
+            fast, folds = foldable_copy(source)
         else:
             fast, folds = copy.deepcopy(source), []
         fast.eval()

@@ -12,14 +12,15 @@ from fastnas.ops.fold import FoldSpec, fold_conv_bn
 HAS_CPP = fastnas.backends()["cpp"].available
 
 
-def _spec(g, c_out=5, c_in=3, ks=3, kd=3, bn=True, affine=True, weight=True):
+def _spec(g, c_out=5, c_in=3, ks=3, kd=3, bn=True, affine=True, weight=True, conv_bias=False):
     return FoldSpec(
         torch.full((c_out, c_in, kd, kd), 7.0), torch.full((c_out,), 7.0),
         torch.randn(c_out, c_in, ks, ks, generator=g) if weight else None,
         torch.randn(c_out, generator=g) if bn else None,
         torch.rand(c_out, generator=g) + 0.1 if bn else None,
         torch.randn(c_out, generator=g) if bn and affine else None,
-        torch.randn(c_out, generator=g) if bn and affine else None, 1e-5)
+        torch.randn(c_out, generator=g) if bn and affine else None, 1e-5,
+        torch.randn(c_out, generator=g) if conv_bias else None)
 
 
 def _clone(s):
@@ -27,7 +28,7 @@ def _clone(s):
 
 
 CASES = [dict(ks=1, kd=3), dict(), dict(bn=False), dict(ks=1, kd=1, affine=False), dict(weight=False),
-         dict(c_out=17, c_in=1), dict(ks=3, kd=5)]
+         dict(c_out=17, c_in=1), dict(ks=3, kd=5), dict(conv_bias=True), dict(conv_bias=True, bn=False)]
 
 
 @pytest.mark.skipif(not HAS_CPP, reason="fastnas._C not built")
@@ -51,7 +52,7 @@ def test_folded_conv_equals_conv_then_batchnorm(kw):
     if s.weight is None:
         assert torch.count_nonzero(got) == 0
         return
-    want = F.conv2d(x, s.weight, None, padding=s.weight.shape[-1] // 2)
+    want = F.conv2d(x, s.weight, s.conv_bias, padding=s.weight.shape[-1] // 2)
     if s.mean is not None:
         want = F.batch_norm(want, s.mean, s.var, s.gamma, s.beta, training=False, eps=s.eps)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)

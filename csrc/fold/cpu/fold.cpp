@@ -35,15 +35,17 @@ void fold_conv_bn(const std::vector<FoldItem>& items, int threads) {
         *bias = 0.0f;
         continue;
       }
-      float scale = 1.0f, shift = 0.0f;
+      const float cb = it.cb ? reinterpret_cast<const float*>(it.cb)[o] : 0.0f;
+      float scale = 1.0f, shift = cb;
       if (it.mean != 0) {
         const double g = it.gamma ? reinterpret_cast<const float*>(it.gamma)[o] : 1.0;
         const double v = reinterpret_cast<const float*>(it.var)[o];
         scale = static_cast<float>(g / std::sqrt(v + it.eps));
         const float beta = it.beta ? reinterpret_cast<const float*>(it.beta)[o] : 0.0f;
         const float m = reinterpret_cast<const float*>(it.mean)[o];
-        const float ms = m * scale;
-        shift = beta - ms;
+        const float d = cb - m;
+        const float ds = d * scale;
+        shift = beta + ds;
       }
       *bias = shift;
       const float* w = reinterpret_cast<const float*>(it.w) + o * it.c_in * it.ks * it.ks;

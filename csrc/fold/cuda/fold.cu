@@ -28,14 +28,15 @@ __global__ void fold_kernel(const FoldBatch batch) {
   const int64_t o = row - batch.row_start[i];
   const int64_t kk = static_cast<int64_t>(it.kd) * it.kd;
   float* dst = reinterpret_cast<float*>(it.dst) + o * it.c_in * kk;
-  float scale = 1.0f, shift = 0.0f;
+  const float cb = it.cb ? reinterpret_cast<const float*>(it.cb)[o] : 0.0f;
+  float scale = 1.0f, shift = cb;
   if (it.w != 0 && it.mean != 0) {
     const double g = it.gamma ? reinterpret_cast<const float*>(it.gamma)[o] : 1.0;
     const double v = reinterpret_cast<const float*>(it.var)[o];
     scale = static_cast<float>(g / sqrt(v + it.eps));
     const float beta = it.beta ? reinterpret_cast<const float*>(it.beta)[o] : 0.0f;
     const float m = reinterpret_cast<const float*>(it.mean)[o];
-    shift = __fsub_rn(beta, __fmul_rn(m, scale));
+    shift = __fadd_rn(beta, __fmul_rn(__fsub_rn(cb, m), scale));
   }
   if (threadIdx.x == 0) reinterpret_cast<float*>(it.bias)[o] = it.w ? shift : 0.0f;
   const float* w = reinterpret_cast<const float*>(it.w);

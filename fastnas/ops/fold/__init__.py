@@ -2,10 +2,11 @@
 
 Builds the per-candidate kernels of the batched ("mixed-op") forward from a supernet's weights:
 ``dst = embed(w) * gamma / sqrt(var + eps)`` (a 1x1 kernel centred in a 3x3 one when ``dst`` is 3x3)
-and ``bias = beta - mean * gamma / sqrt(var + eps)``. Equivalent plain PyTorch, per item::
+and ``bias = beta + (conv_bias - mean) * gamma / sqrt(var + eps)``. Equivalent plain PyTorch, per item::
 
     scale = (gamma.double() / torch.sqrt(var.double() + eps)).float()
-    dst.zero_(); dst[:, :, p:p + k, p:p + k] = w * scale.view(-1, 1, 1, 1); bias.copy_(beta - mean * scale)
+    dst.zero_(); dst[:, :, p:p + k, p:p + k] = w * scale.view(-1, 1, 1, 1)
+    bias.copy_(beta + (conv_bias - mean) * scale)
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class FoldSpec:
         mean, var: BatchNorm running statistics ``(c_out,)``, or None (no BatchNorm).
         gamma, beta: BatchNorm affine parameters, or None (non-affine).
         eps: BatchNorm epsilon.
+        conv_bias: the convolution's bias ``(c_out,)``, or None (no bias).
     """
 
     dst: torch.Tensor
@@ -55,6 +57,7 @@ class FoldSpec:
     gamma: Optional[torch.Tensor] = None
     beta: Optional[torch.Tensor] = None
     eps: float = 1e-5
+    conv_bias: Optional[torch.Tensor] = None
 
 
 def _check(items: Sequence[FoldSpec]) -> torch.device:
@@ -63,7 +66,7 @@ def _check(items: Sequence[FoldSpec]) -> torch.device:
         if not isinstance(it, FoldSpec):
             raise TypeError(f"items[{k}]: expected a FoldSpec, got {type(it).__name__}")
         tensors = {"dst": it.dst, "bias": it.bias, "weight": it.weight, "mean": it.mean, "var": it.var,
-                   "gamma": it.gamma, "beta": it.beta}
+                   "gamma": it.gamma, "beta": it.beta, "conv_bias": it.conv_bias}
         for name, t in tensors.items():
             if t is None:
                 continue
@@ -84,7 +87,7 @@ def _check(items: Sequence[FoldSpec]) -> torch.device:
                                  f"({c_out}, {c_in}, k, k) with odd k <= {kd}")
         if (it.mean is None) != (it.var is None):
             raise ValueError(f"items[{k}]: give both mean and var, or neither")
-        for name in ("mean", "var", "gamma", "beta"):
+        for name in ("mean", "var", "gamma", "beta", "conv_bias"):
             t = getattr(it, name)
             if t is not None and tuple(t.shape) != (c_out,):
                 raise ValueError(f"items[{k}].{name} shape {tuple(t.shape)}; expected ({c_out},)")

@@ -19,7 +19,7 @@ def _ptr(t) -> int:
 def fold_conv_bn(items: Sequence) -> None:
     C.fold_conv_bn_cpu(
         [[it.dst.data_ptr(), it.bias.data_ptr(), _ptr(it.weight), _ptr(it.mean), _ptr(it.var), _ptr(it.gamma),
-          _ptr(it.beta)] for it in items],
+          _ptr(it.beta), _ptr(it.conv_bias)] for it in items],
         [[it.dst.shape[0], it.dst.shape[1], it.weight.shape[-1] if it.weight is not None else 1, it.dst.shape[-1]]
          for it in items],
         [float(it.eps) for it in items],
