@@ -390,6 +390,11 @@ class MultiSigmaEvaluator:
         params: for a plain model, the parameters to perturb: names or tensors of ``model`` (default all).
         extract: run a supernet candidate as ``supernet.extract(arch)`` when its parameter names map onto
             the supernet's (else, or with ``False``, the supernet path itself runs, perturbed in place).
+        batched: for an NB201 supernet with ``independent`` or ``shared`` noise, evaluate all
+            (level, sample) weight sets in one pass: out-of-place :func:`~fastnas.ops.perturb.perturbed_copies`
+            and the batched mixed-op forward (:mod:`fastnas.spaces.nb201_batched`). ``"auto"``: on a GPU
+            when :func:`~fastnas.spaces.nb201_batched.choose_forward` measures it faster; never on CPU,
+            where the benchmark measured it slower (``benchmarks/bench_supernet.py``). ``True``/``False`` force it.
     """
 
     def __init__(self, model: nn.Module, valid_x: torch.Tensor, valid_y: torch.Tensor, *,
@@ -399,7 +404,7 @@ class MultiSigmaEvaluator:
                  calib_x: Optional[torch.Tensor] = None, bn_batches: int = 0, bn_batch_size: int = 64,
                  bn_mode: str = "exact", bn_seed: int = 0, scope: str = "path",
                  criterion: Optional[Callable] = None, params: Optional[Iterable] = None,
-                 extract: bool = True) -> None:
+                 extract: bool = True, batched: Any = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
         self.model = model
@@ -419,6 +424,9 @@ class MultiSigmaEvaluator:
         self.bn_batch_size = _check_int("bn_batch_size", bn_batch_size, 1)
         self.fold_bn = bool(fold_bn)
         self.use_extract = bool(extract)
+        if batched not in ("auto", True, False):
+            raise ValueError(f"batched={batched!r}: expected 'auto', True or False")
+        self.batched = batched
         self.criterion = criterion
         self._loss_sum = _loss_sum_fn(criterion)
 
@@ -603,6 +611,8 @@ class MultiSigmaEvaluator:
         levels = len(self.sigmas) if perturbed else 0
         runs = levels * self.samples
         slots = runs + (1 if clean else 0)
+        if runs and self._use_batched(arch):
+            return self._evaluate_batched(arch, levels, clean)
         with contextlib.ExitStack() as stack, torch.no_grad():
             prep = self._prepare(arch, stack)
             x_all = self._x_fast if prep.channels_last else self._x_plain
@@ -622,6 +632,64 @@ class MultiSigmaEvaluator:
         accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         return EvalResult(self.sigmas if perturbed else (), losses, accs, n,
                           sums[runs] / n if clean else None, counts[runs] / n if clean else None)
+
+    # ---- batched route: K perturbed copies in one mixed-op pass
+
+    def _use_batched(self, arch: Any) -> bool:
+        from fastnas.spaces.nb201 import NB201Supernet
+
+        if self.batched is False or not isinstance(self.model, NB201Supernet) or self.noise == "cumulative":
+            return False
+        if self.batched is True:
+            return True
+        if self.device.type == "cpu":
+            return False
+        from fastnas.spaces.nb201_batched import choose_forward
+
+        k = len(self.sigmas) * self.samples
+        return choose_forward(self.model, self._x_plain[:self.batch_size], [arch] * k) == "batched"
+
+    def _evaluate_batched(self, arch: Any, levels: int, clean: bool) -> EvalResult:
+        from fastnas.ops.perturb import perturbed_copies
+        from fastnas.spaces.nb201_batched import BatchedNB201
+
+        model = self.model
+        runs = levels * self.samples
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            stack.enter_context(_preserved(model, buffers=bool(self._calib)))
+            if self._calib:
+                model.recalibrate(arch, self._calib, mode=self.bn_mode)
+            model.eval()
+            names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
+            sigmas = [self.sigmas[i] for i in range(levels) for _ in range(self.samples)]
+            streams = [noise_stream(i, s, self.noise) for i in range(levels) for s in range(self.samples)]
+            weights: List[Dict[str, torch.Tensor]] = [{} for _ in range(runs + (1 if clean else 0))]
+            if names:
+                copies = perturbed_copies([(n, self._named[n]) for n in names], sigmas, self.seed, streams,
+                                          layout=self.layout)
+                for k in range(runs):
+                    weights[k] = {n: c[k] for n, c in zip(names, copies)}
+            batched = BatchedNB201(model)
+            plan = batched.prepare([arch] * len(weights), weights)
+            acc = torch.zeros(len(weights), dtype=torch.float64, device=self.device)
+            correct = torch.zeros(len(weights), dtype=torch.int64, device=self.device)
+            autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                        else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                for start in range(0, self.n, self.batch_size):
+                    xb, yb = self._x_plain[start:start + self.batch_size], self._y[start:start + self.batch_size]
+                    logits = batched.forward(plan, xb)  # (K, B, classes)
+                    for k in range(len(weights)):
+                        acc[k] += self._loss_sum(logits[k], yb).double()
+                    correct += (logits.argmax(-1) == yb).sum(1)
+            sums, counts = acc.tolist(), correct.tolist()  # the one host sync
+        self.evaluations += 1
+        self._last = {"path": "batched", "folded_bn": 0, "channels_last": False, "perturbed_tensors": len(names)}
+        n = self.n
+        losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
+        accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
+        return EvalResult(self.sigmas, losses, accs, n, sums[runs] / n if clean else None,
+                          counts[runs] / n if clean else None)
 
     def _perturbed_passes(self, prep: _Prepared, x_all: torch.Tensor, acc: torch.Tensor,
                           correct: torch.Tensor) -> None:

@@ -315,3 +315,22 @@ def test_bf16_rank_fidelity_small():
 @pytest.mark.slow
 def test_bf16_rank_fidelity_50_candidates():
     assert _bf16_tau(C=8, N=2, res=16, steps=100, n=512, candidates=50) >= 0.9
+
+
+@pytest.mark.parametrize("noise", ["independent", "shared"])
+def test_batched_route_equals_in_place_route(noise):
+    """K perturbed copies in one mixed-op pass give the losses of K in-place perturb/forward/restore cycles."""
+    sn = _nb201()
+    x, y = _images()
+    before = _bytes(sn)
+    kw = dict(sigmas=(0.01, 0.05, 0.2), samples=2, noise=noise, seed=3, calib_x=x, bn_batches=2, bn_batch_size=8)
+    batched = MultiSigmaEvaluator(sn, x, y, batched=True, **kw)
+    got = batched.evaluate(ARCH, clean=True)
+    assert batched.report()["path"] == "batched"
+    want = MultiSigmaEvaluator(sn, x, y, batched=False, **kw).evaluate(ARCH, clean=True)
+    assert got.clean_loss == pytest.approx(want.clean_loss, rel=1e-4)
+    for a, b in zip(got.losses, want.losses):
+        assert list(a) == pytest.approx(list(b), rel=1e-4)
+    assert _bytes(sn) == before
+    with pytest.raises(ValueError, match="batched="):
+        MultiSigmaEvaluator(sn, x, y, batched="yes")
