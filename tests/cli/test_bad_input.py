@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import TINY
+from _cli_helpers import TINY
 
 BAD = {
     "unknown space": ["--space", "nb202"],

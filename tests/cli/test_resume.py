@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from conftest import run_subprocess, tiny
+from _cli_helpers import run_subprocess, tiny
 
 # Two epochs of 4 steps (128 images, batch 32), 8 candidates, 2 retraining epochs.
 ARGS = tiny(epochs=2, retrain_epochs=2)

@@ -8,7 +8,7 @@ import json
 from fastnas.run.config import RunConfig, load_toml
 from fastnas.spaces import create_space
 
-from conftest import TINY
+from _cli_helpers import TINY
 
 
 def test_search_writes_a_complete_run_directory(tiny_run):
