@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastnas.metrics import AngleScorer, MultiSigmaEvaluator, flatness_score, make_score_fn
+from fastnas.metrics import MultiSigmaEvaluator, flatness_score, make_score_fn
 from fastnas.metrics.flatness import FlatnessConfig
 from fastnas.spaces.nb201 import NB201
 

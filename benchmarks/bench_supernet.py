@@ -51,7 +51,6 @@ def _training_step(benchmark, record_result, device, which, batch):
     else:
         sn = space.supernet().to(device).train()
         named = dict(sn.named_parameters())
-        path = sn.path_parameters(arch)
         # SPOS: the optimizer sees every parameter; only the path's get gradients this step.
         step = _step_fn(lambda t: sn(t, arch), list(named.values()), x, y)
         role = None

@@ -25,7 +25,6 @@ float64 with each piece's multiplicity.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 

@@ -30,6 +30,7 @@ import logging
 import math
 import numbers
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -464,8 +465,16 @@ class MultiSigmaEvaluator:
         self._scratch: Optional[Backup] = None
         self._last: Dict[str, Any] = {}
         self.evaluations = 0
+        self.recal_seconds = 0.0  # wall time spent in BatchNorm recalibration, all evaluations
 
     # ---- setup helpers
+
+    def _recalibrate(self, run: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            run()
+        finally:
+            self.recal_seconds += time.perf_counter() - t0
 
     def _resolve_params(self, params: Iterable) -> List[str]:
         by_id = {id(t): n for n, t in self._named.items()}
@@ -556,7 +565,7 @@ class MultiSigmaEvaluator:
             if mapping is not None:
                 net.eval()
                 if self._calib:
-                    recalibrate_bn(net, net, self._calib, mode=self.bn_mode)
+                    self._recalibrate(lambda: recalibrate_bn(net, net, self._calib, mode=self.bn_mode))
                 ext = dict(net.named_parameters())
                 targets = [(sn, ext[en]) for en, sn in mapping.items() if self._in_scope(sn)]
                 fast, refresh, folded = self._build_fast(net)
@@ -566,7 +575,7 @@ class MultiSigmaEvaluator:
             # The supernet path itself, perturbed in place; its BatchNorm buffers are put back afterwards.
             stack.enter_context(_preserved(model, buffers=bool(self._calib)))
             if self._calib:
-                model.recalibrate(arch, self._calib, mode=self.bn_mode)
+                self._recalibrate(lambda: model.recalibrate(arch, self._calib, mode=self.bn_mode))
             model.eval()
             names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
             return _Prepared([(n, self._named[n]) for n in names], lambda x: model(x, arch), path="supernet")
@@ -574,7 +583,7 @@ class MultiSigmaEvaluator:
             raise ValueError("arch: this model is not a supernet (it has no path_parameters); call evaluate()")
         stack.enter_context(_preserved(model, buffers=bool(self._calib)))
         if self._calib:
-            recalibrate_bn(model, model, self._calib, mode=self.bn_mode)
+            self._recalibrate(lambda: recalibrate_bn(model, model, self._calib, mode=self.bn_mode))
         model.eval()
         names = self._subset if self._subset is not None else list(self._named)
         targets = [(n, self._named[n]) for n in names]
@@ -658,7 +667,7 @@ class MultiSigmaEvaluator:
         with contextlib.ExitStack() as stack, torch.no_grad():
             stack.enter_context(_preserved(model, buffers=bool(self._calib)))
             if self._calib:
-                model.recalibrate(arch, self._calib, mode=self.bn_mode)
+                self._recalibrate(lambda: model.recalibrate(arch, self._calib, mode=self.bn_mode))
             model.eval()
             names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
             sigmas = [self.sigmas[i] for i in range(levels) for _ in range(self.samples)]
@@ -739,4 +748,5 @@ class MultiSigmaEvaluator:
                 "folded_bn": self._last.get("folded_bn", 0), "path": self._last.get("path"),
                 "perturbed_tensors": self._last.get("perturbed_tensors"), "noise": self.noise,
                 "samples": self.samples, "sigmas": list(self.sigmas), "n": self.n,
-                "bn_batches": self.bn_batches, "evaluations": self.evaluations}
+                "bn_batches": self.bn_batches, "evaluations": self.evaluations,
+                "recal_seconds": self.recal_seconds}

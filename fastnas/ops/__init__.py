@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-import torch
 
 from fastnas.ops._dispatch import all_dispatchers
 from fastnas.ops.fold import FoldSpec, fold_conv_bn

@@ -2,14 +2,13 @@
 
 :func:`build_score_fn` maps the run's settings onto :func:`fastnas.metrics.make_score_fn` and wraps the
 result in a :class:`TimedScoreFn` that counts calls and seconds and, separately, the seconds spent in
-BatchNorm recalibration.
+BatchNorm recalibration (as the evaluator reports them).
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -54,11 +53,12 @@ class TimedScoreFn:
     def __call__(self, arch: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            with _timing_recalibration(self):
-                return self.fn(arch)
+            return self.fn(arch)
         finally:
             self.seconds += time.perf_counter() - t0
             self.calls += 1
+            evaluator = getattr(self.fn, "evaluator", None)
+            self.recal_seconds = float(getattr(evaluator, "recal_seconds", 0.0))
 
     def stats(self) -> Dict[str, Any]:
         out = {"calls": self.calls, "seconds": self.seconds, "recal_seconds": self.recal_seconds}
@@ -66,35 +66,6 @@ class TimedScoreFn:
         if callable(inner):
             out["score_fn"] = inner()
         return out
-
-
-@contextlib.contextmanager
-def _timing_recalibration(owner: TimedScoreFn) -> Iterator[None]:
-    """Times every BatchNorm recalibration made while scoring.
-
-    The evaluator calls ``recalibrate_bn`` (module global of fastnas.metrics.evaluator) on the extracted
-    candidate; it is wrapped for the duration of one score call and put back afterwards. Should the
-    evaluator stop calling it by that name, the recalibration time is simply counted as scoring.
-    """
-    from fastnas.metrics import evaluator as _ev
-
-    original = getattr(_ev, "recalibrate_bn", None)
-    if original is None:
-        yield
-        return
-
-    def timed(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            owner.recal_seconds += time.perf_counter() - t0
-
-    _ev.recalibrate_bn = timed
-    try:
-        yield
-    finally:
-        _ev.recalibrate_bn = original
 
 
 def build_score_fn(config: RunConfig, supernet: Any, space: Any, *, valid: Pair, calib_x: torch.Tensor,

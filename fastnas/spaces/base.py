@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import difflib
 import random
-from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Sequence
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List
 
 import torch
 from torch import nn
