@@ -35,18 +35,20 @@ def _data(n: int, res: int, seed: int = 0):
 
 
 def reference_flatness(supernet, arch, loader, sigmas) -> float:
-    """The GeNAS procedure (deep copy, per-parameter torch.normal, DataLoader, .item() per batch)."""
+    """The GeNAS procedure (deep copy, per-parameter torch.normal on the CPU, DataLoader, .item() per batch)."""
     model = copy.deepcopy(supernet)
     model.eval()
+    device = next(model.parameters()).device
     losses, prev = [], 0.0
     for s in sigmas:
         with torch.no_grad():
             for p in model.parameters():
-                p.add_(torch.normal(0.0, s - prev, size=p.shape))
+                p.add_(torch.normal(0.0, s - prev, size=p.shape).to(device))
         prev = s
         total, batches = 0.0, 0
         with torch.no_grad():
             for xb, yb in loader:
+                xb, yb = xb.to(device), yb.to(device)
                 total += F.cross_entropy(model(xb, arch), yb).item()
                 batches += 1
         losses.append(total / batches)
@@ -54,10 +56,13 @@ def reference_flatness(supernet, arch, loader, sigmas) -> float:
     return flatness_score(losses, sigmas)
 
 
-def test_flatness_one_candidate(benchmark, record_result):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_flatness_one_candidate(benchmark, record_result, device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
     torch.manual_seed(0)
     space = NB201(C=16, N=5)
-    sn = space.supernet().eval()
+    sn = space.supernet().to(device).eval()
     x, y = _data(512, 32)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=False)
     evs = {p: MultiSigmaEvaluator(sn, x, y, sigmas=SIGMAS, precision=p) for p in ("fp32", "bf16")}
@@ -73,19 +78,19 @@ def test_flatness_one_candidate(benchmark, record_result):
             times["reference"].append(time.perf_counter() - t)
             for p, ev in evs.items():
                 t = time.perf_counter()
-                ev.evaluate(ARCH)
+                ev.evaluate(ARCH)  # ends in one host sync: the timing includes all device work
                 times[p].append(time.perf_counter() - t)
 
     benchmark.pedantic(interleaved, rounds=1, iterations=1)
     best = {k: min(v) for k, v in times.items()}
-    group = "flatness: one NB201 candidate (C=16, N=5, 512 images, 3 sigmas)"
+    group = f"flatness: one NB201 candidate (C=16, N=5, 512 images, 3 sigmas) [{device}]"
     record_result(group, "reference (GeNAS procedure)", best["reference"], role="baseline")
     record_result(group, "fastnas fp32", best["fp32"])
     record_result(group, "fastnas bf16", best["bf16"])
     ratios = {p: best["reference"] / best[p] for p in ("fp32", "bf16")}
     benchmark.extra_info.update({"seconds": best, "ratio_fp32": ratios["fp32"], "ratio_bf16": ratios["bf16"],
                                  "report_fp32": evs["fp32"].report(), "report_bf16": evs["bf16"].report()})
-    print(f"\nflatness one candidate: reference {best['reference']:.3f} s, fp32 {best['fp32']:.3f} s "
+    print(f"\nflatness one candidate [{device}]: reference {best['reference']:.3f} s, fp32 {best['fp32']:.3f} s "
           f"({ratios['fp32']:.2f}x), bf16 {best['bf16']:.3f} s ({ratios['bf16']:.2f}x); "
           f"path: {evs['fp32'].report()}")
 
