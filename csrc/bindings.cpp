@@ -91,6 +91,8 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::arg("threads"));
 
   m.def("simd_variant", &fastnas::cpu::simd_variant);
+  m.def("set_simd", &fastnas::cpu::set_simd, py::arg("hand_written"),
+        "Tests: select the hand-written AVX-512 noise loop (True, if the CPU has it) or the portable one.");
 
   m.def(
       "fold_conv_bn_cpu",

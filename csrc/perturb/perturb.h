@@ -31,8 +31,11 @@ void philox_words(uint32_t* out, int64_t groups, int64_t group0, uint32_t seed, 
 void copy_many(const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& src,
                const std::vector<int64_t>& nbytes, int threads);
 
-// Name of the SIMD variant the noise loop runs on this CPU ("avx512f", "avx2" or "default").
+// Name of the SIMD variant the noise loop runs on this CPU.
 const char* simd_variant();
+
+// Tests: true selects the hand-written AVX-512 noise loop when the CPU has it, false the portable one.
+void set_simd(bool hand_written);
 
 }  // namespace cpu
 

@@ -141,3 +141,17 @@ def test_noise_bad_input():
         fastnas.noise(3, offset=-1)
     with pytest.raises(ValueError, match="backend='cp'.*did you mean 'cpp'"):
         fastnas.noise(3, backend="cp")
+
+
+@needs_cpp
+def test_hand_written_and_portable_simd_paths_agree():
+    from fastnas._native import C
+
+    want = fastnas.noise(10_007, seed=8, stream=3, offset=2**32 * 4 - 13, backend="reference")
+    try:
+        for hand_written in (True, False):
+            C.set_simd(hand_written)
+            got = fastnas.noise(10_007, seed=8, stream=3, offset=2**32 * 4 - 13, backend="cpp")
+            assert torch.equal(got, want), C.simd_variant()
+    finally:
+        C.set_simd(True)

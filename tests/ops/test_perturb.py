@@ -307,3 +307,26 @@ def test_gpu_backends_match_reference(backend, dtype):
     assert torch.equal(words, reference.philox_words(torch.arange(2**32 - 7, 2**32 - 7 + 999), 3, 4))
     z = fastnas.noise(10_001, 3, 4, offset=5, device="cuda", backend=backend).cpu()
     assert ulp_distance(z, reference.normals(10_001, 3, 4, 5)).max().item() <= 4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not STATUS["cpp"].available, reason="needs fork and fastnas._C")
+def test_kernels_work_in_a_forked_child():
+    # The C++ kernels keep a thread pool; a forked child (e.g. a DataLoader worker) must get its own.
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = [torch.randn(300_000)]
+        fastnas.restore_(x, fastnas.perturb_(x, 0.1))  # starts the pool in the parent
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            ok = False
+            try:
+                orig = x[0].clone()
+                fastnas.restore_(x, fastnas.perturb_(x, 0.1))
+                ok = torch.equal(x[0], orig)
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    finally:
+        torch.set_num_threads(old)

@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "parallel.h"
+#include "perturb/cpu/normals_avx512.h"
 #include "philox.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTNAS_NO_CLONES)
@@ -24,9 +25,9 @@ constexpr int kGroups = 16;             // Philox calls per block
 constexpr int kBlock = 4 * kGroups;     // normals per block
 constexpr int64_t kGrain = 16 * 1024;   // elements per thread chunk, at least
 
-// Normals of groups [g0, g0 + 16) into out[0..64): out[4j + r] is element 4(g0 + j) + r.
-FASTNAS_SIMD_CLONES __attribute__((noinline)) void normals_block(uint64_t g0, uint32_t k0, uint32_t k1,
-                                                                 float* __restrict out) {
+// Portable variant: the compiler vectorises it for AVX2 / SSE (and AVX-512 if the hand-written path is off).
+FASTNAS_SIMD_CLONES __attribute__((noinline)) void normals_block_generic(uint64_t g0, uint32_t k0, uint32_t k1,
+                                                                         float* __restrict out) {
   float n0[kGroups], n1[kGroups], n2[kGroups], n3[kGroups];
 #pragma omp simd
   for (int j = 0; j < kGroups; ++j) {
@@ -43,6 +44,29 @@ FASTNAS_SIMD_CLONES __attribute__((noinline)) void normals_block(uint64_t g0, ui
     out[4 * j + 2] = n2[j];
     out[4 * j + 3] = n3[j];
   }
+}
+
+// Which normals_block runs: 1 = hand-written AVX-512 (when the CPU has it), 0 = the portable variant.
+int g_use_avx512 = -1;
+
+bool use_avx512() {
+#if defined(FASTNAS_HAVE_AVX512_PATH)
+  if (g_use_avx512 < 0) {
+    __builtin_cpu_init();
+    g_use_avx512 = __builtin_cpu_supports("avx512f") ? 1 : 0;
+  }
+  return g_use_avx512 == 1;
+#else
+  return false;
+#endif
+}
+
+// Normals of groups [g0, g0 + 16) into out[0..64): out[4j + r] is element 4(g0 + j) + r.
+inline void normals_block(uint64_t g0, uint32_t k0, uint32_t k1, float* __restrict out) {
+#if defined(FASTNAS_HAVE_AVX512_PATH)
+  if (use_avx512()) return avx512::normals_block(g0, k0, k1, out);
+#endif
+  normals_block_generic(g0, k0, k1, out);
 }
 
 FASTNAS_SIMD_CLONES __attribute__((noinline)) void words_block(uint64_t g0, uint32_t k0, uint32_t k1,
@@ -223,7 +247,17 @@ void copy_many(const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& 
   });
 }
 
+void set_simd(bool hand_written) {
+#if defined(FASTNAS_HAVE_AVX512_PATH)
+  __builtin_cpu_init();
+  g_use_avx512 = (hand_written && __builtin_cpu_supports("avx512f")) ? 1 : 0;
+#else
+  (void)hand_written;
+#endif
+}
+
 const char* simd_variant() {
+  if (use_avx512()) return "avx512f (hand-written)";
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTNAS_NO_CLONES)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return "avx512f";

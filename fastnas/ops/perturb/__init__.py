@@ -26,6 +26,7 @@ __all__ = ["Backup", "perturb_", "restore_", "perturbed", "perturbed_copies", "n
            "DISPATCH", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_SUPPORTED = frozenset(SUPPORTED_DTYPES)
 _ALIGN = 64  # byte alignment of each tensor's slice in a backup buffer
 
 DISPATCH = Dispatcher(
@@ -67,20 +68,24 @@ def _check_tensors(tensors: Sequence[torch.Tensor], name: str = "params") -> tor
     if not tensors:
         return torch.device("cpu")
     device = tensors[0].device
+    spans = []
     for k, t in enumerate(tensors):
-        if t.dtype not in SUPPORTED_DTYPES:
+        if t.dtype not in _SUPPORTED:
             raise TypeError(f"{name}[{k}] has dtype {t.dtype}; expected one of "
                             f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+        if t.layout != torch.strided:
+            raise ValueError(f"{name}[{k}] has layout {t.layout}; expected a dense strided tensor")
         if t.device != device:
             raise ValueError(f"{name}[{k}] is on {t.device} but {name}[0] is on {device}; "
                              "all tensors of one call must be on one device")
         if not t.is_contiguous():
             raise ValueError(f"{name}[{k}] (shape {tuple(t.shape)}, stride {t.stride()}) is not contiguous; "
                              "expected contiguous tensors (call .contiguous() on a copy)")
-        if t.is_sparse or t.layout != torch.strided:
-            raise ValueError(f"{name}[{k}] has layout {t.layout}; expected a dense strided tensor")
-    spans = sorted((t.data_ptr(), t.data_ptr() + t.numel() * t.element_size(), k)
-                   for k, t in enumerate(tensors) if t.numel() > 0)
+        n = t.numel()
+        if n:
+            p = t.data_ptr()
+            spans.append((p, p + n * t.element_size(), k))
+    spans.sort()
     for (s0, e0, k0), (s1, e1, k1) in zip(spans, spans[1:]):
         if s1 < e0:
             raise ValueError(f"{name}[{k0}] and {name}[{k1}] overlap in memory; expected distinct tensors "
@@ -97,21 +102,29 @@ def _bump_versions(tensors: Sequence[torch.Tensor]) -> None:
 
 # ---- backup --------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)
 class Backup:
     """Original values of the tensors of one :func:`perturb_` call, in one flat byte buffer.
 
     Attributes:
         buffer: uint8 tensor on the tensors' device.
         byte_offsets: start of each tensor's bytes in ``buffer``.
-        signature: ``(data_ptr, numel, dtype)`` of each tensor, to check a restore's target.
+        signature: ``(data_ptr, numel, dtype, device)`` of each (validated, contiguous) tensor: a restore
+            whose tensors match it needs no second validation.
         backend: the backend that wrote it.
+
+    Passing a Backup as ``perturb_(..., backup=b)`` reuses its buffer: ``b`` then holds the values
+    saved by that call (for the same tensors, the same originals).
     """
 
     buffer: torch.Tensor
     byte_offsets: List[int]
     signature: List[tuple]
     backend: str
+
+    def __post_init__(self) -> None:
+        self._views: list[torch.Tensor] | None = None
+        self._pointers: list[int] | None = None
 
     @staticmethod
     def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
@@ -124,25 +137,36 @@ class Backup:
     @classmethod
     def allocate(cls, tensors: Sequence[torch.Tensor], device: torch.device, backend: str,
                  reuse: "Backup | None" = None) -> "Backup":
+        signature = [cls._sig(t) for t in tensors]
+        if reuse is not None and reuse.signature == signature and reuse.buffer.device == device:
+            reuse.backend = backend
+            return reuse  # same tensors: same offsets, views and pointers
         offs, nbytes = cls._layout(tensors)
         if reuse is not None and reuse.buffer.numel() >= nbytes and reuse.buffer.device == device:
             buf = reuse.buffer
         else:
             buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        return cls(buf, offs, [cls._sig(t) for t in tensors], backend)
+        return cls(buf, offs, signature, backend)
 
     @staticmethod
     def _sig(t: torch.Tensor) -> tuple:
-        return (t.data_ptr(), t.numel(), t.dtype)
+        return (t.data_ptr(), t.numel(), t.dtype, t.device)
 
     def views(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Flat views of ``buffer`` with each tensor's dtype."""
-        return [self.buffer[o:o + t.numel() * t.element_size()].view(t.dtype)
-                for o, t in zip(self.byte_offsets, tensors)]
+        """Flat views of ``buffer`` with each tensor's dtype (cached)."""
+        if self._views is None:
+            self._views = [self.buffer[o:o + t.numel() * t.element_size()].view(t.dtype)
+                           for o, t in zip(self.byte_offsets, tensors)]
+        return self._views
+
+    def pointers(self) -> list[int]:
+        """Address of each tensor's slice of ``buffer`` (cached)."""
+        if self._pointers is None:
+            base = self.buffer.data_ptr()
+            self._pointers = [base + o for o in self.byte_offsets]
+        return self._pointers
 
     def check(self, tensors: Sequence[torch.Tensor], name: str = "backup") -> None:
-        if not isinstance(self, Backup):
-            raise TypeError(f"{name}: expected a fastnas Backup, got {type(self).__name__}")
         if len(tensors) != len(self.signature):
             raise ValueError(f"{name} holds {len(self.signature)} tensors but {len(tensors)} were given; "
                              "expected the same tensors, in the same order, as the perturb_ call")
@@ -150,6 +174,9 @@ class Backup:
             if self._sig(t) != sig:
                 raise ValueError(f"{name} does not belong to these tensors: params[{k}] (shape {tuple(t.shape)}, "
                                  f"{t.dtype}) is not the tensor it was taken from")
+            if not t.is_contiguous():
+                raise ValueError(f"params[{k}] (shape {tuple(t.shape)}, stride {t.stride()}) is not contiguous; "
+                                 "expected the contiguous tensors perturb_ saved")
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -181,16 +208,17 @@ def perturb_(params, sigma: float, seed: int = 0, stream: int = 0, *, layout: Pa
     seed, stream = _check_u32(seed, "seed"), _check_u32(stream, "stream")
     device = _check_tensors(tensors)
     chosen = DISPATCH.pick(device, {t.dtype for t in tensors}, backend)
+    if backup is not None and not isinstance(backup, Backup):
+        raise TypeError(f"backup: expected a Backup returned by perturb_, got {type(backup).__name__}")
     out = Backup.allocate(tensors, device, chosen.name, reuse=backup)
-    views = out.views(tensors)
     try:
         with torch.no_grad():
-            chosen.impl.perturb(tensors, tensors, views, offsets, sigma, seed, stream)
+            chosen.impl.perturb(tensors, tensors, out, offsets, sigma, seed, stream)
     except BaseException:
         # Nothing may stay perturbed: put back whatever was written (the backup of each tensor is
         # taken before that tensor is written).
         with torch.no_grad():
-            _reference.copy([t.reshape(-1) for t in tensors], views)
+            _reference.restore(tensors, out)
         raise
     _bump_versions(tensors)
     return out
@@ -201,11 +229,11 @@ def restore_(params, backup: Backup, *, backend: str | None = None) -> None:
     tensors, _, _ = resolve_params(params, None)
     if not isinstance(backup, Backup):
         raise TypeError(f"backup: expected the Backup returned by perturb_, got {type(backup).__name__}")
-    backup.check(tensors)
-    device = _check_tensors(tensors)
+    backup.check(tensors)  # same pointers, sizes, dtypes and device as the validated perturb_ call
+    device = tensors[0].device if tensors else torch.device("cpu")
     chosen = DISPATCH.pick(device, {t.dtype for t in tensors}, backend)
     with torch.no_grad():
-        chosen.impl.copy([t.reshape(-1) for t in tensors], backup.views(tensors))
+        chosen.impl.restore(tensors, backup)
     _bump_versions(tensors)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from fastnas._native import C, load_error
 
-__all__ = ["availability", "perturb", "words", "normals_into", "copy", "DTYPE_CODES"]
+__all__ = ["availability", "perturb", "words", "normals_into", "restore", "DTYPE_CODES"]
 
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
@@ -23,12 +23,13 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backups: Sequence[torch.Tensor] | None,
-            offsets: Sequence[int], sigma: float, seed: int, stream: int) -> None:
+def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backup, offsets: Sequence[int],
+            sigma: float, seed: int, stream: int) -> None:
+    src_ptrs = [t.data_ptr() for t in srcs]
     C.perturb_cpu(
-        [t.data_ptr() for t in srcs],
-        [t.data_ptr() for t in dsts],
-        [b.data_ptr() for b in backups] if backups is not None else [],
+        src_ptrs,
+        src_ptrs if dsts is srcs else [t.data_ptr() for t in dsts],
+        backup.pointers() if backup is not None else [],
         [t.numel() for t in srcs],
         list(offsets),
         [DTYPE_CODES[t.dtype] for t in srcs],
@@ -46,6 +47,6 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
     C.normals_cpu(out.data_ptr(), out.numel(), offset, seed, stream, _threads())
 
 
-def copy(dsts: Sequence[torch.Tensor], srcs: Sequence[torch.Tensor]) -> None:
-    C.copy_many_cpu([d.data_ptr() for d in dsts], [s.data_ptr() for s in srcs],
-                    [s.numel() * s.element_size() for s in srcs], _threads())
+def restore(tensors: Sequence[torch.Tensor], backup) -> None:
+    C.copy_many_cpu([t.data_ptr() for t in tensors], backup.pointers(),
+                    [t.numel() * t.element_size() for t in tensors], _threads())

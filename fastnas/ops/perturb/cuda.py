@@ -9,7 +9,7 @@ import torch
 from fastnas._native import C, load_error
 from fastnas.ops.perturb.cpp import DTYPE_CODES
 
-__all__ = ["availability", "perturb", "words", "normals_into", "copy"]
+__all__ = ["availability", "perturb", "words", "normals_into", "restore"]
 
 
 def availability() -> str | None:
@@ -26,15 +26,15 @@ def _stream(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
-def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backups: Sequence[torch.Tensor] | None,
-            offsets: Sequence[int], sigma: float, seed: int, stream: int) -> None:
+def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backup, offsets: Sequence[int],
+            sigma: float, seed: int, stream: int) -> None:
     if not srcs:
         return
     with torch.cuda.device(srcs[0].device):
         C.perturb_cuda(
             [t.data_ptr() for t in srcs],
             [t.data_ptr() for t in dsts],
-            [b.data_ptr() for b in backups] if backups is not None else [],
+            backup.pointers() if backup is not None else [],
             [t.numel() for t in srcs],
             list(offsets),
             [DTYPE_CODES[t.dtype] for t in srcs],
@@ -54,5 +54,5 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
         C.normals_cuda(out.data_ptr(), out.numel(), offset, seed, stream, _stream(out))
 
 
-def copy(dsts: Sequence[torch.Tensor], srcs: Sequence[torch.Tensor]) -> None:
-    torch._foreach_copy_(list(dsts), list(srcs))
+def restore(tensors: Sequence[torch.Tensor], backup) -> None:
+    torch._foreach_copy_([t.view(-1) for t in tensors], backup.views(tensors))

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["philox_words", "normals", "perturb", "words", "normals_into", "copy"]
+__all__ = ["philox_words", "normals", "perturb", "words", "normals_into", "restore"]
 
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -146,9 +146,10 @@ def _perturbed_value(x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Te
     return (x.to(torch.float32) + t).to(x.dtype)
 
 
-def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backups: Sequence[torch.Tensor] | None,
-            offsets: Sequence[int], sigma: float, seed: int, stream: int) -> None:
-    """``dst = src + sigma * z[offset:offset + numel]`` per tensor; ``backup = src`` first (flat views)."""
+def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backup, offsets: Sequence[int],
+            sigma: float, seed: int, stream: int) -> None:
+    """``dst = src + sigma * z[offset:offset + numel]`` per tensor; ``src`` saved into ``backup`` first."""
+    backups = backup.views(srcs) if backup is not None else None
     for k, (src, dst, off) in enumerate(zip(srcs, dsts, offsets)):
         z = normals(src.numel(), seed, stream, off, device=src.device).view(src.shape)
         value = _perturbed_value(src, sigma, z)
@@ -167,6 +168,7 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
     out.copy_(normals(out.numel(), seed, stream, offset, device=out.device))
 
 
-def copy(dsts: Sequence[torch.Tensor], srcs: Sequence[torch.Tensor]) -> None:
-    for d, s in zip(dsts, srcs):
-        d.copy_(s)
+def restore(tensors: Sequence[torch.Tensor], backup) -> None:
+    """Copies the bytes saved in ``backup`` back into ``tensors``."""
+    for t, b in zip(tensors, backup.views(tensors)):
+        t.view(-1).copy_(b)

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["availability", "devices", "perturb", "words", "normals_into", "copy"]
+__all__ = ["availability", "devices", "perturb", "words", "normals_into", "restore"]
 
 try:  # pragma: no cover - depends on the install
     import triton
@@ -207,8 +207,9 @@ def _groups(offset: int, n: int) -> int:
     return (offset + n + 3) // 4 - offset // 4
 
 
-def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backups: Sequence[torch.Tensor] | None,
-            offsets: Sequence[int], sigma: float, seed: int, stream: int) -> None:
+def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backup, offsets: Sequence[int],
+            sigma: float, seed: int, stream: int) -> None:
+    backups = backup.views(srcs) if backup is not None else None
     key = _key(seed, stream)
     s32 = float(torch.tensor(sigma, dtype=torch.float32))
     # Triton passes Python floats as float32: float64 tensors read sigma from a one-element tensor.
@@ -242,6 +243,6 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
         out, n, offset, _key(seed, stream), BLOCK=_BLOCK, enable_fp_fusion=False)
 
 
-def copy(dsts: Sequence[torch.Tensor], srcs: Sequence[torch.Tensor]) -> None:
-    for d, s in zip(dsts, srcs):
-        d.copy_(s)
+def restore(tensors: Sequence[torch.Tensor], backup) -> None:
+    for t, b in zip(tensors, backup.views(tensors)):
+        t.view(-1).copy_(b)
