@@ -1,14 +1,16 @@
 // parallel_for over an index range on a small persistent thread pool. No torch headers.
 //
 // Workers are started on first use and reused (spawning threads per call costs tens of microseconds,
-// as much as perturbing a small model). Calls from several host threads are serialised. A forked
-// child starts a fresh pool (the parent's workers do not exist there).
+// as much as perturbing a small model). After a job a worker spins briefly before sleeping, since
+// kernels come in quick succession (perturb, then restore). Calls from several host threads are
+// serialised. A forked child starts a fresh pool (the parent's workers do not exist there).
 #pragma once
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
@@ -44,7 +46,7 @@ class ThreadPool {
       next_.store(0);
       done_ = 0;
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1);
     }
     start_.notify_all();
     work();
@@ -86,10 +88,18 @@ class ThreadPool {
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      // Spin up to ~200 us for the next job, then sleep on the condition variable.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+      for (int i = 0; generation_.load(std::memory_order_acquire) == seen; ++i) {
+        if ((i & 63) == 0 && std::chrono::steady_clock::now() > until) break;
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+      }
       {
         std::unique_lock<std::mutex> lock(m_);
-        start_.wait(lock, [&] { return generation_ != seen && job_ != nullptr; });
-        seen = generation_;
+        start_.wait(lock, [&] { return generation_.load() != seen && job_ != nullptr; });
+        seen = generation_.load();
       }
       work();
     }
@@ -101,7 +111,7 @@ class ThreadPool {
   const std::function<void(int)>* job_ = nullptr;
   std::atomic<int> next_{0};
   int chunks_ = 0, done_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   std::exception_ptr error_;
 };
 
