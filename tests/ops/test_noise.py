@@ -10,6 +10,7 @@ import torch
 
 import fastnas
 from fastnas.ops.perturb import reference
+from _ulp import ulp_distance
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -17,14 +18,6 @@ HAS_CPP = fastnas.backends()["cpp"].available
 HAS_TRITON = fastnas.backends()["triton"].available
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="fastnas._C not built")
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton unavailable")
-
-
-def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance in float32 units in the last place (monotone integer mapping of the bit patterns)."""
-    def ordered(x):
-        i = x.contiguous().view(torch.int32).to(torch.int64)
-        return torch.where(i < 0, -(i & 0x7FFFFFFF), i)
-    return (ordered(a) - ordered(b)).abs()
 
 
 def test_philox_known_answer():

@@ -13,7 +13,7 @@ from torch import nn
 
 import fastnas
 from fastnas.ops.perturb import reference
-from test_noise import ulp_distance
+from _ulp import ulp_distance
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 STATUS = fastnas.backends()
