@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from fastnas._io import atomic_write
 from fastnas.run.config import RunConfig, dumps_toml, load_toml
 
 __all__ = ["RunDir", "write_text_atomic", "write_json_atomic", "read_json", "PHASES"]
@@ -33,8 +33,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 PHASES = ("train", "search", "retrain", "report")
 _STATE_VERSION = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def write_text_atomic(path: PathLike, text: str) -> Path:
@@ -43,23 +41,7 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
 
 
 def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; reports are ordinary files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def _json_safe(value: Any) -> Any:

@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 import torch
+
+from fastnas._io import atomic_write
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "fingerprint"]
 
@@ -58,38 +59,7 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
     payload = dict(payload)
     payload.setdefault("format_version", FORMAT_VERSION)
 
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; directories cannot be opened for fsync on Windows.
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_checkpoint(path: PathLike, *, expected_kind: Optional[str] = None,

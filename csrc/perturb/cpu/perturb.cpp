@@ -112,30 +112,23 @@ template <> struct Storage<double> {
     }
   }
 };
+// 16-bit storage: widen to float32, add, one rounding back.
+template <float (*ToFloat)(uint16_t), uint16_t (*FromFloat)(float)>
+struct Storage16 {
+  static void apply(const uint16_t* src, uint16_t* dst, uint16_t* backup, const float* z, int n, double sigma) {
+    const float s = static_cast<float>(sigma);
+    for (int i = 0; i < n; ++i) {
+      const uint16_t x = src[i];
+      if (backup) backup[i] = x;
+      const float t = z[i] * s;
+      dst[i] = FromFloat(ToFloat(x) + t);
+    }
+  }
+};
 struct Half {};
 struct BFloat {};
-template <> struct Storage<Half> {
-  static void apply(const uint16_t* src, uint16_t* dst, uint16_t* backup, const float* z, int n, double sigma) {
-    const float s = static_cast<float>(sigma);
-    for (int i = 0; i < n; ++i) {
-      const uint16_t x = src[i];
-      if (backup) backup[i] = x;
-      const float t = z[i] * s;
-      dst[i] = float_to_half(half_to_float(x) + t);
-    }
-  }
-};
-template <> struct Storage<BFloat> {
-  static void apply(const uint16_t* src, uint16_t* dst, uint16_t* backup, const float* z, int n, double sigma) {
-    const float s = static_cast<float>(sigma);
-    for (int i = 0; i < n; ++i) {
-      const uint16_t x = src[i];
-      if (backup) backup[i] = x;
-      const float t = z[i] * s;
-      dst[i] = float_to_bf16(bf16_to_float(x) + t);
-    }
-  }
-};
+template <> struct Storage<Half> : Storage16<half_to_float, float_to_half> {};
+template <> struct Storage<BFloat> : Storage16<bf16_to_float, float_to_bf16> {};
 
 template <typename Tag> struct Elem { using type = Tag; };
 template <> struct Elem<Half> { using type = uint16_t; };
