@@ -6,9 +6,9 @@ from fastnas.metrics.accuracy import accuracy
 from fastnas.metrics.angle import ANGLE_CONVENTIONS, AngleScorer, angle, angle_pieces
 from fastnas.metrics.combine import Score, combined, flatness_score
 from fastnas.metrics.evaluator import (
-    NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, calibration_batches, foldable_copy,
-    noise_stream,
+    NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, calibration_batches, noise_stream,
 )
+from fastnas.metrics.fastcopy import foldable_copy
 from fastnas.metrics.flatness import PRESETS, FlatnessConfig, FlatnessResult, flatness, supernet_flatness
 from fastnas.metrics.rank import RankResult, correlate, kendall_tau, load_ground_truth, scatter_plot, spearman
 from fastnas.metrics.scores import DEFAULT_GAMMA, METRICS, ScoreFunction, make_score_fn
