@@ -275,7 +275,7 @@ def perturbed_copies(params, sigmas: Sequence[float], seed: int = 0, stream=0, *
             (e.g. ``[s] * K``: one shared direction scaled by each sigma).
 
     Returns:
-        One tensor per parameter, shape ``(K, *param.shape)``, all views of one buffer.
+        One new tensor per parameter, shape ``(K, *param.shape)``: ``out[j][k]`` is level ``k`` of ``params[j]``.
     """
     tensors, offsets, _ = resolve_params(params, layout)
     sigmas = [_check_sigma(s, f"sigmas[{i}]") for i, s in enumerate(sigmas)]
