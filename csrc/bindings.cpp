@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "fold/fold.h"
+#include "reduce/reduce.h"
 #include "perturb/perturb.h"
 
 namespace py = pybind11;
@@ -89,6 +90,18 @@ PYBIND11_MODULE(_C, m) {
         fastnas::cpu::copy_many(dst, src, nbytes, threads);
       },
       py::arg("dst"), py::arg("src"), py::arg("nbytes"), py::arg("threads"));
+
+  m.def(
+      "loss_correct_cpu",
+      [](uintptr_t logits, uintptr_t labels, int64_t rows, int64_t classes, int64_t rows_per_slot, int64_t slot0,
+         uintptr_t loss_acc, uintptr_t correct_acc) {
+        py::gil_scoped_release nogil;
+        fastnas::cpu::loss_correct(reinterpret_cast<const float*>(logits), reinterpret_cast<const int64_t*>(labels),
+                                   rows, classes, rows_per_slot, slot0, reinterpret_cast<double*>(loss_acc),
+                                   reinterpret_cast<int64_t*>(correct_acc));
+      },
+      py::arg("logits"), py::arg("labels"), py::arg("rows"), py::arg("classes"), py::arg("rows_per_slot"),
+      py::arg("slot0"), py::arg("loss_acc"), py::arg("correct_acc"));
 
   m.def("simd_variant", &fastnas::cpu::simd_variant);
   m.def("set_simd", &fastnas::cpu::set_simd, py::arg("hand_written"),

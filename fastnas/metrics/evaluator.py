@@ -40,6 +40,7 @@ from torch import nn
 from fastnas.metrics.fastcopy import extracted_to_supernet, foldable_copy, refresh_folds
 from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import Backup, perturb_, restore_
+from fastnas.ops.reduce import loss_correct_
 from fastnas.spaces.base import recalibrate_bn
 
 __all__ = [
@@ -463,6 +464,17 @@ class MultiSigmaEvaluator:
 
     # ---- evaluation
 
+    def _accumulate(self, logits: torch.Tensor, yb: torch.Tensor, acc: torch.Tensor, correct: torch.Tensor,
+                    k: int) -> None:
+        """Adds the loss sum and correct count of ``logits`` ``(B, classes)`` or ``(K, B, classes)`` (slots
+        ``k ..``) on the device: the fused reduction kernel for the default cross-entropy."""
+        if self.criterion is None and logits.dim() in (2, 3):
+            loss_correct_(logits, yb, acc, correct, slot=k)
+            return
+        for j, lg in enumerate(logits if logits.dim() == 3 else logits[None]):
+            acc[k + j] += self._loss_sum(lg, yb).double()
+            correct[k + j] += (lg.argmax(1) == yb).sum()
+
     def _pass(self, forward: Callable, x_all: torch.Tensor, acc: torch.Tensor, correct: torch.Tensor,
               k: int) -> None:
         """Adds the loss sum and correct count of one pass over the validation set into ``acc[k]``, ``correct[k]``."""
@@ -473,9 +485,7 @@ class MultiSigmaEvaluator:
             for start in range(0, self.n, bs):
                 xb = x_all[start:start + bs]
                 yb = self._y[start:start + bs]
-                logits = forward(xb)
-                acc[k] += self._loss_sum(logits, yb).double()
-                correct[k] += (logits.argmax(1) == yb).sum()
+                self._accumulate(forward(xb), yb, acc, correct, k)
 
     def evaluate(self, arch: Any = None, *, clean: bool = False, perturbed: bool = True) -> EvalResult:
         """Losses at every (level, sample) (and, with ``clean``, unperturbed) of ``arch`` (or the model).
@@ -553,10 +563,7 @@ class MultiSigmaEvaluator:
             with torch.inference_mode(), autocast:
                 for start in range(0, self.n, self.batch_size):
                     xb, yb = self._x_plain[start:start + self.batch_size], self._y[start:start + self.batch_size]
-                    logits = batched.forward(plan, xb)  # (K, B, classes)
-                    for k in range(len(weights)):
-                        acc[k] += self._loss_sum(logits[k], yb).double()
-                    correct += (logits.argmax(-1) == yb).sum(1)
+                    self._accumulate(batched.forward(plan, xb), yb, acc, correct, 0)  # logits (K, B, classes)
             sums, counts = acc.tolist(), correct.tolist()  # the one host sync
         self.evaluations += 1
         self._last = {"path": "batched", "folded_bn": 0, "channels_last": False, "perturbed_tensors": len(names)}

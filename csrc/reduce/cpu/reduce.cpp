@@ -1,0 +1,42 @@
+// CPU loss/correct reduction: one pass over each row of logits (max, log-sum-exp, argmax).
+// Traffic: read the logits once; a few doubles written per slot.
+#include "reduce/reduce.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace fastnas {
+namespace cpu {
+
+void loss_correct(const float* logits, const int64_t* labels, int64_t rows, int64_t classes,
+                  int64_t rows_per_slot, int64_t slot0, double* loss_acc, int64_t* correct_acc) {
+  if (rows < 0 || classes <= 0 || rows_per_slot <= 0 || slot0 < 0)
+    throw std::invalid_argument("loss_correct: bad sizes");
+  for (int64_t start = 0; start < rows; start += rows_per_slot) {
+    const int64_t end = start + rows_per_slot < rows ? start + rows_per_slot : rows;
+    double loss = 0.0;
+    int64_t correct = 0;
+    for (int64_t r = start; r < end; ++r) {
+      const float* z = logits + r * classes;
+      const int64_t y = labels[r - start];
+      if (y < 0 || y >= classes) throw std::invalid_argument("loss_correct: label out of range");
+      int64_t best = 0;
+      float m = z[0];
+      for (int64_t c = 1; c < classes; ++c)
+        if (z[c] > m) {  // strict: the first maximum wins, as torch.argmax
+          m = z[c];
+          best = c;
+        }
+      double s = 0.0;
+      for (int64_t c = 0; c < classes; ++c) s += std::exp(static_cast<double>(z[c]) - m);
+      loss += std::log(s) + m - static_cast<double>(z[y]);
+      correct += best == y;
+    }
+    const int64_t slot = slot0 + start / rows_per_slot;
+    loss_acc[slot] += loss;
+    correct_acc[slot] += correct;
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastnas

@@ -1,0 +1,68 @@
+"""Per-sample cross-entropy and correct counts, summed into per-slot accumulators on the device.
+
+Feeds the scores: every (sigma level, sample) of a candidate is a slot; validation batches add into
+their slot without a host synchronisation, and one ``.tolist()`` at the end reads all slots.
+Equivalent plain PyTorch, for logits ``(rows, classes)`` whose row ``r`` is in slot
+``slot + r // rows_per_slot`` with label ``labels[r % rows_per_slot]``::
+
+    y = labels.repeat(slots)[:rows]
+    idx = slot + torch.arange(rows) // rows_per_slot
+    loss_acc.index_add_(0, idx, F.cross_entropy(logits.double(), y, reduction="none"))
+    correct_acc.index_add_(0, idx, (logits.argmax(1) == y).long())
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastnas.ops._dispatch import Backend, Dispatcher
+from fastnas.ops.reduce import cpp as _cpp
+from fastnas.ops.reduce import reference as _reference
+from fastnas.ops.reduce import triton as _triton
+
+__all__ = ["loss_correct_", "DISPATCH"]
+
+DISPATCH = Dispatcher(
+    "loss_correct",
+    [
+        Backend("reference", ("cpu", "cuda"), (torch.float32,), lambda: None, _reference),
+        Backend("cpp", ("cpu",), (torch.float32,), _cpp.availability, _cpp),
+        Backend("triton", ("cuda", "cpu"), (torch.float32,), _triton.availability, _triton,
+                devices_fn=_triton.devices),
+    ],
+    priority={"cpu": ["cpp", "reference"], "cuda": ["triton", "reference"]},
+)
+
+
+def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Tensor, correct_acc: torch.Tensor,
+                  *, slot: int = 0, rows_per_slot: int | None = None, backend: str | None = None) -> None:
+    """Adds each row's cross-entropy to ``loss_acc[slot(r)]`` and its correctness to ``correct_acc[slot(r)]``.
+
+    Args:
+        logits: float32 ``(rows, classes)``; ``(K, B, classes)`` is taken as ``K * B`` rows.
+        labels: int64 ``(rows_per_slot,)``.
+        loss_acc: float64 accumulators ``(slots,)``; correct_acc: int64 accumulators ``(slots,)``.
+        slot: the slot of row 0; rows_per_slot: rows per slot (default: ``len(labels)``).
+    """
+    if logits.dim() == 3:
+        logits = logits.reshape(-1, logits.shape[-1])
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected (rows, classes) or (K, B, classes)")
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    logits = logits.contiguous()
+    rows_per_slot = labels.shape[0] if rows_per_slot is None else int(rows_per_slot)
+    if labels.dim() != 1 or labels.dtype != torch.int64 or labels.shape[0] != rows_per_slot or rows_per_slot <= 0:
+        raise ValueError(f"labels: expected int64 of shape ({rows_per_slot},), got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
+    slots = (logits.shape[0] + rows_per_slot - 1) // rows_per_slot
+    if slot < 0 or slot + slots > loss_acc.shape[0] or loss_acc.shape != correct_acc.shape:
+        raise ValueError(f"slot={slot}: {slots} slot(s) from there do not fit accumulators of shape "
+                         f"{tuple(loss_acc.shape)} / {tuple(correct_acc.shape)}")
+    if loss_acc.dtype != torch.float64 or correct_acc.dtype != torch.int64:
+        raise ValueError("loss_acc, correct_acc: expected float64 and int64 accumulators")
+    for name, t in (("labels", labels), ("loss_acc", loss_acc), ("correct_acc", correct_acc)):
+        if t.device != logits.device or not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor on {logits.device}")
+    chosen = DISPATCH.pick(logits.device, {torch.float32}, backend)
+    chosen.impl.loss_correct_(logits, labels.contiguous(), loss_acc, correct_acc, int(slot), rows_per_slot)

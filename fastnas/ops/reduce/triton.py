@@ -1,0 +1,46 @@
+"""Triton backend of the loss/correct reduction: one program per block of rows, atomics per slot.
+
+Traffic: read the logits once. Runs on CPU under ``TRITON_INTERPRET=1`` (slowly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastnas.ops.perturb.triton import availability, devices, triton, tl
+
+__all__ = ["availability", "devices", "loss_correct_"]
+
+_ROWS = 16
+
+if triton is not None:
+
+    @triton.jit
+    def _loss_correct_kernel(logits_ptr, labels_ptr, loss_ptr, correct_ptr, rows, classes, rows_per_slot, slot0,
+                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+        pid = tl.program_id(0).to(tl.int64)
+        r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
+        c = tl.arange(0, BLOCK_C)
+        row_ok = r < rows
+        mask = row_ok[:, None] & (c[None, :] < classes)
+        z = tl.load(logits_ptr + r[:, None] * classes + c[None, :], mask=mask, other=float("-inf"))
+        z = tl.where(row_ok[:, None], z, 0.0)  # rows past the end: finite, and never accumulated
+        m = tl.max(z, axis=1)
+        e = tl.where(c[None, :] < classes, tl.exp(z - m[:, None]), 0.0)
+        lse = tl.log(tl.sum(e, axis=1)) + m
+        y = tl.load(labels_ptr + r % rows_per_slot, mask=row_ok, other=0)
+        zy = tl.sum(tl.where(c[None, :] == y[:, None], z, 0.0), axis=1)
+        best = tl.argmax(z, axis=1, tie_break_left=True)
+        slot = slot0 + r // rows_per_slot
+        tl.atomic_add(loss_ptr + slot, (lse - zy).to(tl.float64), mask=row_ok)
+        tl.atomic_add(correct_ptr + slot, (best == y).to(tl.int64), mask=row_ok)
+
+
+def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Tensor, correct_acc: torch.Tensor,
+                  slot0: int, rows_per_slot: int) -> None:
+    rows, classes = logits.shape
+    if rows == 0:
+        return
+    block_c = triton.next_power_of_2(classes)
+    _loss_correct_kernel[(triton.cdiv(rows, _ROWS),)](
+        logits, labels, loss_acc, correct_acc, rows, classes, rows_per_slot, slot0, BLOCK_R=_ROWS, BLOCK_C=block_c)
