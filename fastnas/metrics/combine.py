@@ -6,10 +6,11 @@ Pure Python (no tensors): the inputs are the per-level losses a flatness evaluat
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
-__all__ = ["Score", "flatness_score", "combined"]
+__all__ = ["Score", "check_sigmas", "flatness_score", "combined"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,32 @@ def _floats(name: str, values: Sequence[Any]) -> list:
     return out
 
 
+def check_sigmas(sigmas: Any, name: str = "sigmas", shown: Any = None) -> Tuple[float, ...]:
+    """Noise levels as a tuple of floats: at least one, each positive and finite, strictly increasing.
+
+    The one check of sigmas in fastnas (scores, evaluator, CLI); ``ValueError`` names ``name`` and quotes
+    ``shown`` (default: ``sigmas``), e.g. the text a user typed.
+    """
+    shown = sigmas if shown is None else shown
+    if isinstance(sigmas, (str, bytes)) or isinstance(sigmas, numbers.Number):
+        raise ValueError(f"{name}={shown!r}: expected a sequence of noise levels, e.g. (0.002, 0.01, 0.02)")
+    try:
+        if any(isinstance(s, bool) for s in sigmas):
+            raise TypeError("bool")
+        out = tuple(float(s) for s in sigmas)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={shown!r}: expected a sequence of numbers") from None
+    if not out:
+        raise ValueError(f"{name}={shown!r}: expected at least one noise level")
+    for s in out:
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"{name}={shown!r}: every level must be positive and finite, got {s!r}")
+    for a, b in zip(out, out[1:]):
+        if not b > a:
+            raise ValueError(f"{name}={shown!r}: expected strictly increasing levels ({a!r} then {b!r})")
+    return out
+
+
 def flatness_score(losses: Sequence[float], sigmas: Sequence[float], alpha: float = 1.0,
                    eps: float = 1e-5) -> float:
     """The GeNAS flatness score of one candidate.
@@ -65,17 +92,11 @@ def flatness_score(losses: Sequence[float], sigmas: Sequence[float], alpha: floa
             strictly increasing, or ``alpha``/``eps`` are out of range.
     """
     ls = _floats("losses", losses)
-    ss = _floats("sigmas", sigmas)
     if len(ls) == 0:
         raise ValueError("losses=[]: expected at least one loss (one per sigma level)")
+    ss = check_sigmas(sigmas)
     if len(ls) != len(ss):
         raise ValueError(f"losses has {len(ls)} values but sigmas has {len(ss)}: expected one loss per sigma")
-    for s in ss:
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"sigmas={ss!r}: every sigma must be positive and finite, got {s!r}")
-    for a, b in zip(ss, ss[1:]):
-        if not b > a:
-            raise ValueError(f"sigmas={ss!r}: expected strictly increasing values ({a!r} then {b!r})")
     alpha = float(alpha)
     if not (math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha={alpha!r}: expected a finite value >= 0")

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnas.metrics.combine import check_sigmas
 from fastnas.metrics.fastcopy import extracted_to_supernet, foldable_copy, refresh_folds
 from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import Backup, perturb_, restore_
@@ -67,25 +68,6 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(str(value), list(choices), n=2)
     hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
     raise ValueError(f"{name}={value!r}: expected one of {list(choices)}{hint}")
-
-
-def check_sigmas(sigmas: Any, name: str = "sigmas") -> Tuple[float, ...]:
-    """Sigmas as a tuple of floats: at least one, each positive and finite, strictly increasing."""
-    if isinstance(sigmas, (str, bytes)) or isinstance(sigmas, numbers.Number):
-        raise ValueError(f"{name}={sigmas!r}: expected a sequence of noise levels, e.g. (0.002, 0.01, 0.02)")
-    try:
-        out = tuple(float(s) for s in sigmas)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={sigmas!r}: expected a sequence of numbers") from None
-    if not out:
-        raise ValueError(f"{name}=(): expected at least one noise level")
-    for s in out:
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"{name}={out!r}: every sigma must be positive and finite, got {s!r}")
-    for a, b in zip(out, out[1:]):
-        if not b > a:
-            raise ValueError(f"{name}={out!r}: expected strictly increasing values ({a!r} then {b!r})")
-    return out
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:

@@ -253,27 +253,18 @@ def _validate(c: RunConfig) -> None:
 
 def parse_sigmas(value: Any) -> Tuple[float, ...]:
     """Perturbation levels from ``"2e-3,1e-2,2e-2"`` or a sequence; positive, finite, strictly increasing."""
+    from fastnas.metrics.combine import check_sigmas
+
     if isinstance(value, str):
         items = [s.strip() for s in value.split(",") if s.strip()]
         try:
-            sigmas = tuple(float(s) for s in items)
+            levels = [float(s) for s in items]
         except ValueError:
             raise ValueError(f"sigmas={value!r}: expected comma-separated numbers like '2e-3,1e-2,2e-2'") from None
-    elif isinstance(value, (list, tuple)):
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-            raise ValueError(f"sigmas={value!r}: expected numbers")
-        sigmas = tuple(float(v) for v in value)
-    else:
-        raise ValueError(f"sigmas={value!r}: expected comma-separated numbers like '2e-3,1e-2,2e-2'")
-    if not sigmas:
-        raise ValueError(f"sigmas={value!r}: expected at least one level")
-    for s in sigmas:
-        if not (math.isfinite(s) and s > 0):
-            raise ValueError(f"sigmas={value!r}: every level must be positive and finite (got {s!r})")
-    for a, b in zip(sigmas, sigmas[1:]):
-        if not b > a:
-            raise ValueError(f"sigmas={value!r}: expected strictly increasing levels ({a!r} then {b!r})")
-    return sigmas
+        return check_sigmas(levels, shown=value)
+    if isinstance(value, (list, tuple)):
+        return check_sigmas(value)
+    raise ValueError(f"sigmas={value!r}: expected comma-separated numbers like '2e-3,1e-2,2e-2'")
 
 
 #: The keys of each phase; a key may change on resume only while its phase has not started.
