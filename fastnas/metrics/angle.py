@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from fastnas._hints import did_you_mean
+
 __all__ = ["angle", "AngleScorer", "angle_pieces", "ANGLE_CONVENTIONS"]
 
 ANGLE_CONVENTIONS = ("auto", "rlnas", "params")
@@ -238,9 +240,7 @@ class AngleScorer:
         if p is None:
             raise ValueError(f"the angle vector names {name!r}, which is not a parameter of the supernet")
         if name not in self.initial_state:
-            import difflib
-            close = difflib.get_close_matches(name, list(self.initial_state), n=2)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(name, list(self.initial_state), n=2)
             raise ValueError(f"initial_state has no entry {name!r} (expected the supernet's state_dict before "
                              f"training){hint}")
         key = (id(p), p._version)

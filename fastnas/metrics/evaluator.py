@@ -43,6 +43,7 @@ from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import Backup, perturb_, restore_
 from fastnas.ops.reduce import loss_correct_
 from fastnas.spaces.base import recalibrate_bn
+from fastnas._hints import did_you_mean
 
 __all__ = [
     "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "BN_MODES", "noise_stream",
@@ -64,9 +65,7 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else ``ValueError`` naming the argument with close matches."""
     if isinstance(value, str) and value in choices:
         return value
-    import difflib
-    close = difflib.get_close_matches(str(value), list(choices), n=2)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(str(value), list(choices), n=2, joiner=" or ")
     raise ValueError(f"{name}={value!r}: expected one of {list(choices)}{hint}")
 
 

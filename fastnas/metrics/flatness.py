@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from fastnas._hints import did_you_mean
 from fastnas.metrics.combine import flatness_score
 from fastnas.metrics.evaluator import (
     BN_MODES, NOISE_MODES, PRECISIONS, SCOPES, EvalResult, MultiSigmaEvaluator, check_choice, check_sigmas,
@@ -106,9 +107,7 @@ class FlatnessConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in names]
         if unknown:
-            import difflib
-            close = difflib.get_close_matches(unknown[0], names, n=2)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(unknown[0], names, n=2)
             raise ValueError(f"FlatnessConfig: unknown key {unknown[0]!r}{hint}; expected {names}")
         kw = {k: v for k, v in d.items() if v is not None or k == "batch_size"}
         if "sigmas" in kw:

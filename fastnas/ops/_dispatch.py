@@ -8,12 +8,13 @@ backend name for every op that has it.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
+
+from fastnas._hints import did_you_mean
 
 __all__ = ["Backend", "Dispatcher", "env_backend", "all_dispatchers"]
 
@@ -81,8 +82,7 @@ class Dispatcher:
         forced = backend if backend is not None else env_backend()
         if forced is not None:
             if forced not in self.backends:
-                close = difflib.get_close_matches(forced, list(self.backends), n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = did_you_mean(forced, list(self.backends), n=3)
                 source = "backend" if backend is not None else "FASTNAS_BACKEND"
                 raise ValueError(
                     f"{source}={forced!r} is not a backend of {self.op}; expected one of "

@@ -6,12 +6,13 @@ gives exactly the values that perturbing all of them gives on that subset (docs/
 
 from __future__ import annotations
 
-import difflib
 import weakref
 from typing import Iterable, Iterator, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+from fastnas._hints import did_you_mean
 
 __all__ = ["ParamLayout", "resolve_params"]
 
@@ -88,8 +89,7 @@ class ParamLayout:
         try:
             return self._offsets[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), self._names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(str(name), self._names, n=3)
             raise ValueError(f"parameter {name!r} is not in this layout ({len(self)} tensors){hint}") from None
 
     def numel(self, name: str) -> int:

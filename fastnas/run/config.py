@@ -12,12 +12,13 @@ allowed on ``--resume`` only while its phase has not started, so a resumed run c
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from fastnas._hints import did_you_mean
 
 __all__ = [
     "RunConfig", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS", "SESSION_KEYS",
@@ -147,8 +148,7 @@ class RunConfig:
         for key, value in d.items():
             name = str(key).replace("-", "_")
             if name not in names:
-                close = difflib.get_close_matches(name, names, n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = did_you_mean(name, names, n=3)
                 raise ValueError(f"unknown setting {key!r}{hint}")
             if value is not None:
                 values[name] = value
@@ -181,8 +181,7 @@ def _fail(name: str, value: Any, expected: str) -> None:
 
 def _choice(name: str, value: Any, options: Sequence[str]) -> None:
     if value not in options:
-        close = difflib.get_close_matches(str(value), list(options), n=2)
-        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(str(value), list(options), n=2, joiner=" or ")
         raise ValueError(f"{name.replace('_', '-')}={value!r} is not known; expected one of "
                          f"{', '.join(options)}{hint}")
 

@@ -6,13 +6,13 @@ A score function maps an architecture to a number or a :class:`~fastnas.metrics.
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Dict, List
 
 from fastnas.metrics.combine import Score
 from fastnas.search.evolution import EvolutionConfig, EvolutionState, evolve
 from fastnas.search.history import Constraints, SearchRecord, SearchResult
 from fastnas.search.random_search import exhaustive, random_search
+from fastnas._hints import did_you_mean
 
 __all__ = [
     "Score", "EvolutionConfig", "EvolutionState", "evolve", "random_search", "exhaustive",
@@ -40,8 +40,7 @@ def list_searchers() -> List[str]:
 def get_searcher(name: str) -> Callable[..., SearchResult]:
     """The searcher registered under ``name`` (``ValueError`` with close matches if unknown)."""
     if name not in _SEARCHERS:
-        close = difflib.get_close_matches(name, list(_SEARCHERS), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, list(_SEARCHERS), n=3)
         raise ValueError(f"searcher={name!r} is not a known searcher; expected one of "
                          f"{list_searchers()}{hint}")
     return _SEARCHERS[name]

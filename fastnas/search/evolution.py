@@ -21,12 +21,12 @@ draws of a generation) before any is scored, so the random stream never depends 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from fastnas._hints import did_you_mean
 from fastnas.metrics.combine import Score
 from fastnas.search.history import (
     Callback, Constraints, Proposer, ScoreFn, SearchRecord, SearchResult, score_arch, top_indices,
@@ -101,8 +101,7 @@ class EvolutionConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in names]
         if unknown:
-            close = difflib.get_close_matches(unknown[0], names, n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(unknown[0], names, n=3)
             raise ValueError(f"unknown EvolutionConfig key {unknown[0]!r}; expected one of {names}{hint}")
         return cls(**{k: v for k, v in d.items() if v is not None})
 

@@ -7,12 +7,13 @@ values (tuples) with one canonical text form. Search algorithms see only this pr
 from __future__ import annotations
 
 import abc
-import difflib
 import random
 from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List
 
 import torch
 from torch import nn
+
+from fastnas._hints import did_you_mean
 
 __all__ = [
     "Space", "Supernet", "register_space", "create_space", "list_spaces", "recalibrate_bn",
@@ -186,7 +187,6 @@ def list_spaces() -> List[str]:
 def create_space(name: str, **kwargs: Any) -> Space:
     """The space registered under ``name``; ``None`` keyword values keep the defaults."""
     if name not in _SPACES:
-        close = difflib.get_close_matches(name, list(_SPACES), n=3)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        hint = did_you_mean(name, list(_SPACES), n=3)
         raise ValueError(f"space={name!r} is not a known space; expected one of {list_spaces()}{hint}")
     return _SPACES[name](**{k: v for k, v in kwargs.items() if v is not None})

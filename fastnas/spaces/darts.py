@@ -23,7 +23,6 @@ evaluation network (affine BN, no BN after pooling, optional auxiliary head and 
 from __future__ import annotations
 
 import ast
-import difflib
 import keyword
 import numbers
 import random
@@ -36,6 +35,7 @@ from torch import nn
 from fastnas.spaces import darts_ops
 from fastnas.spaces.base import Space, Supernet, register_space
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
+from fastnas._hints import did_you_mean
 
 __all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "DARTS_V1", "DARTS_V2"]
 
@@ -203,8 +203,7 @@ class DARTS(Space):
                 raise ValueError(f"{field}[{e}]={edge!r}: 'none' is not allowed; every node takes two "
                                  f"non-'none' edges (GeNAS); expected one of {list(OPS)}")
             if op not in OPS:
-                close = difflib.get_close_matches(op, OPS, n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = did_you_mean(op, OPS, n=3)
                 raise ValueError(f"{field}[{e}]={edge!r}: unknown op {op!r}; expected one of {list(OPS)}{hint}")
             if not 0 <= j <= k + 1:
                 raise ValueError(f"{field}[{e}]={edge!r}: node {k} (0-based) takes inputs 0..{k + 1}, got {j}")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import hashlib
 import logging
 import math
@@ -39,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from fastnas._hints import did_you_mean
 
 __all__ = ["TrainConfig", "TrainResult", "StepResult", "train_supernet", "train_step", "cosine_lr",
            "CHECKPOINT_KIND", "INIT_KIND", "INIT_FILENAME"]
@@ -125,8 +125,7 @@ class TrainConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in names:
-                close = difflib.get_close_matches(key, names, n=3)
-                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                hint = did_you_mean(key, names, n=3)
                 raise ValueError(f"unknown TrainConfig key {key!r}; expected one of {names}{hint}")
         return cls(**{k: v for k, v in d.items() if v is not None})
 
