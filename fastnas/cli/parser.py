@@ -1,4 +1,4 @@
-"""The ``fastnas`` argument parser: one subcommand per job, flags named like the RunConfig fields.
+"""The ``fastnas`` argument parser: one subcommand per job, config flags generated from the run's settings.
 
 Every config flag has ``default=argparse.SUPPRESS``: a flag the user did not give is absent from the
 parsed namespace, so it never overrides the config file or a resumed run's saved config.
@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
-from fastnas.run.config import METRICS, NOISE_MODES, SEARCHERS, RunConfig
+from fastnas.run.config import SECTION, SECTIONS, SETTINGS, RunConfig, parse_sigmas
+from fastnas.run.settings import Setting
 
 __all__ = ["build_parser", "config_flags", "UsageError", "CONFIG_FLAG_DESTS"]
-
-_D = RunConfig()
 
 
 class UsageError(Exception):
@@ -46,83 +45,54 @@ def _none_or(conv: Callable[[str], Any]) -> Callable[[str], Any]:
     return f
 
 
-#: dest -> flag spec, grouped; the dest is the RunConfig field.
-_GROUPS: Dict[str, List[tuple]] = {
-    "data and search space": [
-        ("space", str, f"search space: nb201 or darts (default: {_D.space})"),
-        ("data", str, f"dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or a FILE.npz with arrays "
-                      f"x, y[, x_test, y_test] (default: {_D.data})"),
-        ("data_dir", str, "directory with the dataset files (default: $FASTNAS_DATA_DIR, system locations)"),
-        ("channels", int, f"supernet channels C (default: {_D.channels})"),
-        ("cells", int, f"NB201: cells per stage N; DARTS: total cells (default: {_D.cells})"),
-        ("valid_size", int, f"search-validation images used for scoring, 0 for the whole half "
-                            f"(default: {_D.valid_size})"),
-        ("limit_train", int, None),  # hidden: tests and smoke runs
-    ],
-    "supernet training (SPOS)": [
-        ("epochs", int, f"supernet epochs (default: {_D.epochs})"),
-        ("batch_size", int, f"images per step (default: {_D.batch_size})"),
-        ("lr", float, f"initial learning rate, cosine to --lr-min (default: {_D.lr})"),
-        ("lr_min", float, f"final learning rate (default: {_D.lr_min})"),
-        ("momentum", float, f"SGD momentum (default: {_D.momentum})"),
-        ("weight_decay", float, f"weight decay (default: {_D.weight_decay})"),
-        ("grad_clip", float, f"gradient-norm clip, 0 to disable (default: {_D.grad_clip})"),
-        ("augment", _bool, "crop-and-flip augmentation, true/false (default: the dataset's; on for CIFAR)"),
-    ],
-    "search": [
-        ("searcher", str, f"{' | '.join(SEARCHERS)} (default: {_D.searcher}); random scores "
-                          "population x generations samples"),
-        ("metric", str, f"{' | '.join(METRICS)} (default: {_D.metric})"),
-        ("population", int, f"candidates per generation (default: {_D.population})"),
-        ("generations", int, f"generations, the random one included (default: {_D.generations})"),
-        ("topk", int, "parents kept per generation (default: population / 4, at least 2)"),
-        ("mutations", int, "mutated children per generation (default: population / 2)"),
-        ("crossovers", int, "crossover children per generation (default: population / 2)"),
-        ("mutate_prob", float, f"per-gene mutation probability (default: {_D.mutate_prob})"),
-        ("max_params", _none_or(float), "upper limit on candidate parameters (default: none)"),
-        ("max_flops", _none_or(float), "upper limit on candidate FLOPs, millions (default: none)"),
-    ],
-    "scores": [
-        ("sigmas", str, "flatness perturbation levels, positive and increasing (default: GeNAS's: NB201 "
-                        "2e-3,1e-2,2e-2; DARTS 1e-5,5e-5,1e-4, on CIFAR-100 1e-3,3e-3,6e-3)"),
-        ("alpha", float, f"weight of the |L1/sigma1| term of flatness; 0 = pure flatness (default: {_D.alpha:g})"),
-        ("gamma", float, "weight in combined metrics: S + gamma/sigma1 * F, angle + gamma * accuracy "
-                         "(default: 16 with flatness, as GeNAS's README; 1 for angle+accuracy)"),
-        ("noise", str, f"noise across levels: {' | '.join(NOISE_MODES)} (default: independent; "
-                       "cumulative is the GeNAS code's)"),
-        ("samples", int, f"noise samples per level, averaged (default: {_D.samples})"),
-        ("recal_batches", int, "BatchNorm recalibration batches of 64 images per candidate before "
-                               "accuracy/flatness (default: 14, GeNAS's ceil(850/64))"),
-    ],
-    "retraining": [
-        ("retrain_epochs", int, f"retrain the winner from scratch this many epochs and test it; 0 skips "
-                                f"(default: {_D.retrain_epochs})"),
-    ],
-    "run": [
-        ("truth", str, "ground-truth CSV (architecture, accuracy columns): adds a Kendall-tau scatter plot"),
-        ("device", str, f"auto | cpu | cuda | cuda:N (default: {_D.device})"),
-        ("threads", int, "CPU threads for torch; 0 = automatic: 1 for images <= 16 px, where more threads "
-                         "were measured up to 30x slower on shared cores (default: 0)"),
-        ("seed", int, f"seeds everything: weights, split, batches, sampling, search, noise (default: {_D.seed})"),
-        ("out", str, "run directory (default: runs/<timestamp>)"),
-    ],
-}
-
-CONFIG_FLAG_DESTS = [spec[0] for specs in _GROUPS.values() for spec in specs]
+def _sigmas(text: str) -> tuple:
+    try:
+        return parse_sigmas(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
-def config_flags(parser: argparse.ArgumentParser, groups: Sequence[str], *,
+_CONVERTERS: Dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool, "str": str,
+                                                "floats": _sigmas}
+
+
+def _help(s: Setting) -> str:
+    text = s.help.replace("``", "").rstrip(".") if s.help else s.name.replace("_", " ")
+    options = s.choice_list()
+    if options is not None:
+        text += f"; one of {' | '.join(options)}"
+    default = s.default_text
+    if default is None:
+        value = RunConfig().to_dict()[s.name]
+        default = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else (
+            "none" if value is None else str(value).lower() if isinstance(value, bool) else f"{value:g}"
+            if isinstance(value, float) else str(value))
+    return f"{text} (default: {default})"
+
+
+#: Every config flag's dest (= setting name), generated from the run's sections.
+CONFIG_FLAG_DESTS = [name for name, s in SETTINGS.items() if name != "quiet"]
+
+
+def config_flags(parser: argparse.ArgumentParser, sections: Sequence[str], *,
                  only: Optional[Sequence[str]] = None) -> None:
-    """Adds the config flags of ``groups`` (optionally ``only`` those dests) to ``parser``."""
-    for title in groups:
-        g = parser.add_argument_group(title)
-        for dest, conv, helptext in _GROUPS[title]:
-            if only is not None and dest not in only:
+    """Adds the flags of the settings of ``sections`` (optionally ``only`` those names) to ``parser``.
+
+    Flags, types, help, defaults and choices come from :data:`fastnas.run.config.SECTIONS`; every flag
+    has ``default=argparse.SUPPRESS`` so an absent flag never overrides a config file or a saved run.
+    """
+    for name in sections:
+        sec = SECTION[name]
+        group = parser.add_argument_group(sec.title)
+        for s in sec.settings:
+            if s.name == "quiet" or (only is not None and s.name not in only):
                 continue
-            flag = "--" + dest.replace("_", "-")
-            metavar = dest.upper() if conv is not _bool else "BOOL"
-            g.add_argument(flag, dest=dest, type=conv, default=argparse.SUPPRESS, metavar=metavar,
-                           help=helptext if helptext is not None else argparse.SUPPRESS)
+            conv = _CONVERTERS[s.kind]
+            if s.optional and s.kind in ("int", "float"):
+                conv = _none_or(conv)
+            metavar = "BOOL" if s.kind == "bool" else "LEVELS" if s.kind == "floats" else s.name.upper()
+            group.add_argument(s.flag, dest=s.name, type=conv, default=argparse.SUPPRESS, metavar=metavar,
+                               help=argparse.SUPPRESS if s.hidden else _help(s))
 
 
 def _common(parser: argparse.ArgumentParser, *, config_file: bool = True) -> None:
@@ -187,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_Formatter, epilog=_SEARCH_EPILOG,
                        description="Train the supernet (SPOS), search it, optionally retrain the winner from "
                                    "scratch, and write a report into the run directory.")
-    config_flags(s, list(_GROUPS))
+    config_flags(s, [sec.name for sec in SECTIONS])
     s.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR (its config.toml; only settings of unstarted phases may change)")
     _common(s)
@@ -199,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(search settings may still change then).",
                        epilog="examples:\n  fastnas train-supernet --epochs 50 --out runs/sn\n"
                               "  fastnas search --resume runs/sn --metric accuracy+flatness\n")
-    config_flags(t, list(_GROUPS))
+    config_flags(t, [sec.name for sec in SECTIONS])
     t.add_argument("--resume", metavar="DIR", default=None, help="continue the training in DIR")
     _common(t)
 
@@ -215,9 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--arch", metavar="TEXT", action="append", required=True,
                     help="architecture in the space's text form (repeat for several)")
     sc.add_argument("--json", action="store_true", help="print one JSON object per architecture")
-    config_flags(sc, ["data and search space", "search", "scores", "run"],
-                 only=["metric", "sigmas", "alpha", "gamma", "noise", "samples", "recal_batches",
-                       "valid_size", "device", "threads"])
+    config_flags(sc, ["data", "score", "run"], only=SECTION["score"].names() + ["valid_size", "device", "threads"])
     _common(sc, config_file=False)
 
     r = sub.add_parser("retrain", help="train an architecture from scratch on the run's data and test it",

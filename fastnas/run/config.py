@@ -1,157 +1,241 @@
 """The settings of one run: :class:`RunConfig`, and reading/writing them as TOML.
 
-One frozen dataclass holds every setting of ``fastnas search``. Its field names are the TOML keys and,
-with ``_`` written as ``-``, the command-line flags (``batch_size`` <-> ``--batch-size``), so a config
-file and the command line say the same things in the same words. ``None`` means "choose for me" and
-never overrides a value from another source (defaults < ``--config FILE.toml`` < flags).
+Each setting is declared once (:mod:`fastnas.run.settings`): the data and run settings here, the others
+derived from the component config that owns them -- :class:`fastnas.train.TrainConfig` (section
+``train``), :class:`fastnas.search.EvolutionConfig` (``search``), :class:`fastnas.metrics.FlatnessConfig`
+(``score``) -- with run defaults where a run differs from the library. A setting's name is its TOML key
+(in the section's table, or flat) and, with ``_`` written as ``-``, its command-line flag
+(``batch_size`` <-> ``--batch-size``); the CLI builds its flags, help and choices from :data:`SECTIONS`.
+``None`` means "choose for me" and never overrides a value from another source (defaults <
+``--config FILE.toml`` < flags).
 
-Fields fall into groups by the phase of a run they affect (:data:`PHASE_KEYS`): changing a field is
-allowed on ``--resume`` only while its phase has not started, so a resumed run can never mix settings.
+Every setting belongs to a phase of a run (:data:`PHASE_KEYS`): changing it is allowed on ``--resume``
+only while its phase has not started, so a resumed run can never mix settings.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fastnas._hints import did_you_mean
+from fastnas.run.settings import Section, Setting, derive_settings, flat_names
 
 __all__ = [
-    "RunConfig", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS", "SESSION_KEYS",
-    "parse_sigmas", "load_toml", "dumps_toml",
+    "RunConfig", "SECTIONS", "SECTION", "SETTINGS", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS",
+    "SESSION_KEYS", "parse_sigmas", "load_toml", "dumps_toml",
 ]
 
-#: Scores ``--metric`` accepts (GeNAS's names: ABS = angle, FBS = flatness, PBS = accuracy).
-METRICS = ("accuracy", "angle", "flatness", "angle+flatness", "accuracy+flatness", "angle+accuracy")
-SEARCHERS = ("evolution", "random", "exhaustive")
-NOISE_MODES = ("independent", "cumulative", "shared")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-@dataclass(frozen=True)
+def _metrics() -> Tuple[str, ...]:
+    from fastnas.metrics.scores import METRICS as presets
+
+    return tuple(presets)
+
+
+def _searchers() -> List[str]:
+    from fastnas.search import list_searchers
+
+    return list_searchers()
+
+
+def _spaces() -> List[str]:
+    from fastnas.spaces import list_spaces
+
+    return list_spaces()
+
+
+#: Scores ``--metric`` accepts (GeNAS's names: ABS = angle, FBS = flatness, PBS = accuracy).
+METRICS = _metrics()
+SEARCHERS = tuple(_searchers())
+NOISE_MODES = ("independent", "cumulative", "shared")
+
+
+def _sections() -> Tuple[Section, ...]:
+    from fastnas.metrics.flatness import FlatnessConfig
+    from fastnas.search import EvolutionConfig
+    from fastnas.train import TrainConfig
+
+    data = Section("data", "data and search space", (
+        Setting("space", "str", "nb201", "search space", choices=_spaces),
+        Setting("data", "str", "digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or a FILE.npz "
+                "with arrays x, y[, x_test, y_test]"),
+        Setting("data_dir", "str", None, "directory with the dataset files",
+                default_text="$FASTNAS_DATA_DIR, system locations"),
+        Setting("channels", "int", 16, "supernet channels (the space's C)", minimum=1),
+        Setting("cells", "int", 2, "cells of the supernet (NB201: cells per stage N; DARTS: total cells)",
+                minimum=1),
+        Setting("valid_size", "int", 256, "search-validation images used for scoring, 0 for the whole half",
+                minimum=0, phase="search"),
+        Setting("limit_train", "int", 0, "use only this many supernet-training images (0: all)", minimum=0,
+                hidden=True),
+    ))
+    train = Section("train", "supernet training (SPOS)", derive_settings(
+        TrainConfig, phase="train", exclude=("seed",), overrides={
+            "epochs": {"default": 50, "help": "supernet epochs"},
+            "lr": {"default": 0.05, "help": "initial learning rate, cosine to --lr-min"},
+            "grad_clip": {"help": "gradient-norm clip, 0 to disable"},
+            "augment": {"default": None, "optional": True, "help": "crop-and-flip augmentation, true/false",
+                        "default_text": "the dataset's; on for CIFAR"},
+        }), component=TrainConfig)
+    search = Section("search", "search", (
+        Setting("searcher", "str", "evolution", "the search algorithm; random scores population x generations "
+                "samples", choices=_searchers, phase="search"),
+    ) + derive_settings(EvolutionConfig, phase="search", exclude=("seed",), overrides={
+        "population": {"default": 20},
+        "generations": {"default": 10, "help": "generations, the random one included"},
+        "topk": {"default": None, "default_text": "population / 4, at least 2"},
+        "mutations": {"default": None, "default_text": "population / 2"},
+        "crossovers": {"default": None, "default_text": "population / 2"},
+        "max_params": {"default_text": "none"},
+        "max_flops": {"default_text": "none"},
+    }), component=EvolutionConfig)
+    score = Section("score", "scores", (
+        Setting("metric", "str", "angle+flatness", "the score to rank candidates by", choices=_metrics,
+                phase="search"),
+        Setting("gamma", "float", None, "weight in combined metrics: S + gamma/sigma1 * F, angle + gamma * "
+                "accuracy", default_text="16 with flatness, as GeNAS's README; 1 for angle+accuracy",
+                phase="search"),
+    ) + derive_settings(FlatnessConfig, phase="search", exclude=("seed",), rename={
+        "eps": "flatness_eps", "scope": "flatness_scope", "bn_mode": "recal_mode", "bn_batches": "recal_batches",
+        "bn_batch_size": "recal_batch_size", "batch_size": "score_batch_size"}, overrides={
+        "sigmas": {"default": None, "help": "flatness perturbation levels, positive and increasing",
+                   "default_text": "the space's GeNAS preset, e.g. NB201 2e-3,1e-2,2e-2"},
+        "noise": {"default": None, "default_text": "independent; cumulative is the GeNAS code's",
+                  "choices": NOISE_MODES},
+        "bn_batches": {"default": None, "default_text": "14, GeNAS's ceil(850/64)",
+                       "help": "BatchNorm recalibration batches per candidate before accuracy/flatness"},
+        "batch_size": {"default_text": "automatic"},
+    }), component=FlatnessConfig)
+    retrain = Section("retrain", "retraining the winner", (
+        Setting("retrain_epochs", "int", 0, "retrain the winner from scratch this many epochs and test it; "
+                "0 skips", minimum=0, phase="retrain"),
+    ))
+    report = Section("report", "report", (
+        Setting("truth", "str", None, "ground-truth CSV (architecture, accuracy columns): adds a Kendall-tau "
+                "scatter plot", phase="report"),
+    ))
+    run = Section("run", "run", (
+        Setting("device", "str", "auto", "auto | cpu | cuda | cuda:N", phase="session"),
+        Setting("threads", "int", 0, "CPU threads for torch; 0 = automatic: 1 for images <= 16 px, where more "
+                "threads were measured up to 30x slower on shared cores", minimum=0, phase="session"),
+        Setting("seed", "int", 0, "seeds everything: weights, split, batches, sampling, search, noise",
+                minimum=0, phase="train"),
+        Setting("out", "str", None, "run directory", default_text="runs/<timestamp>", phase="session"),
+        Setting("quiet", "bool", False, "no progress bars: log lines only", phase="session", hidden=True),
+    ))
+    return (data, train, search, score, retrain, report, run)
+
+
+#: The sections of a run's config, in the order of ``config.toml``; each setting is declared once.
+SECTIONS: Tuple[Section, ...] = _sections()
+SECTION: Dict[str, Section] = {sec.name: sec for sec in SECTIONS}
+SETTINGS: Dict[str, Setting] = flat_names(SECTIONS)
+
+#: The keys of each phase; a key may change on resume only while its phase has not started.
+PHASE_KEYS: Dict[str, Tuple[str, ...]] = {
+    phase: tuple(n for n, s in SETTINGS.items() if s.phase == phase) for phase in ("train", "search", "retrain",
+                                                                                     "report")}
+#: Keys that describe one session, not the run: they may differ on every resume. ``device`` and
+#: ``threads`` can change floating-point results in the last bits; keep them for exact resumes.
+SESSION_KEYS: Tuple[str, ...] = tuple(n for n, s in SETTINGS.items() if s.phase == "session")
+
+
+def _search_filled(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """``topk``/``mutations``/``crossovers`` decided from the population where they are None."""
+    pop = values["population"]
+    out = dict(values)
+    for key, value in (("topk", min(pop, max(2, pop // 4))), ("mutations", pop // 2), ("crossovers", pop // 2)):
+        if out.get(key) is None:
+            out[key] = value
+    return out
+
+
 class RunConfig:
-    """Every setting of a run; field = TOML key = flag (``_`` as ``-``).
+    """Every setting of a run, grouped in :data:`SECTIONS`; key = TOML key = flag (``_`` as ``-``).
+
+    ``RunConfig(epochs=5, metric="angle")`` takes settings by name; ``config.epochs`` reads one;
+    ``config.section("train")`` gives a section's values and :meth:`component` builds the component
+    config a section feeds (``TrainConfig``, ``EvolutionConfig``, ``FlatnessConfig``). Immutable:
+    :meth:`replace` returns a changed copy. ``None`` means "choose for me" and never overrides a value
+    from another source (defaults < ``--config FILE.toml`` < flags).
 
     Defaults are sized for the no-argument ``fastnas search``: NAS-Bench-201 on the bundled 8x8 digits,
-    finishing within minutes on two CPU cores (see the CLI's documentation for the measurements).
-
-    Attributes (data and space):
-        space: search space name (``nb201``, ``darts``).
-        data: dataset name (``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``, ``cifar100``) or a
-            ``.npz`` path.
-        data_dir: where dataset files are (None: ``$FASTNAS_DATA_DIR`` and system locations).
-        channels: supernet channels (NB201 ``C``, DARTS ``C``).
-        cells: NB201 cells per stage ``N``; DARTS total cells ``layers``.
-        valid_size: images of the search-validation half used to score candidates (0: all of it).
-        limit_train: use only this many supernet-training images (for tests and smoke runs; 0: all).
-
-    Attributes (supernet training, SPOS):
-        epochs, batch_size, lr, lr_min, momentum, weight_decay, grad_clip: as in
-            :class:`fastnas.train.TrainConfig`.
-        augment: crop-and-flip augmentation (None: the dataset's default, on for CIFAR).
-
-    Attributes (search):
-        searcher: ``evolution``, ``random`` (``population * generations`` samples) or ``exhaustive``.
-        metric: one of :data:`METRICS`.
-        population, generations, topk, mutations, crossovers, mutate_prob: evolution settings
-            (None: ``topk = max(2, population // 4)``, ``mutations = crossovers = population // 2``).
-        max_params, max_flops: limits on candidates (None: none).
-
-    Attributes (scores):
-        sigmas: flatness perturbation levels, positive and strictly increasing (None: GeNAS's preset
-            for the space: NB201 2e-3,1e-2,2e-2; DARTS 1e-5,5e-5,1e-4, or 1e-3,3e-3,6e-3 on CIFAR-100).
-        alpha: weight of the ``|L_1 / sigma_1|`` term of the flatness score.
-        gamma: weight of the second score in combined metrics: ``S + gamma / sigma_1 * F`` for
-            ``*+flatness``, ``angle + gamma * accuracy`` (None: 16, 16 and 1 as in fastnas.metrics).
-        noise: how levels draw noise: ``independent``, ``cumulative`` (GeNAS code) or ``shared``
-            (None: the flatness default).
-        samples: noise samples per level (averaged).
-        recal_batches: BatchNorm recalibration batches (of 64 images) per candidate before accuracy
-            and flatness (None: the metrics default, GeNAS's 14).
-
-    Attributes (retraining and the run):
-        retrain_epochs: train the winner from scratch this many epochs and test it (0: skip).
-        truth: ground-truth CSV (architecture, accuracy) for the Kendall-tau plot.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        threads: CPU threads for torch (0: automatic; 1 for small images, where more threads on
-            shared cores were measured 30x slower).
-        seed: seeds everything (weights, data split and order, sampling, search, noise).
-        out: run directory (None: ``runs/<timestamp>``).
-        quiet: no progress bars; log lines only.
+    finishing within minutes on two CPU cores (see the CLI's documentation for the measurements). The
+    settings and their help are listed by ``fastnas search --help``.
     """
 
-    # data and space
-    space: str = "nb201"
-    data: str = "digits"
-    data_dir: Optional[str] = None
-    channels: int = 16
-    cells: int = 2
-    valid_size: int = 256
-    limit_train: int = 0
-    # supernet training
-    epochs: int = 50
-    batch_size: int = 64
-    lr: float = 0.05
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    augment: Optional[bool] = None
-    # search
-    searcher: str = "evolution"
-    metric: str = "angle+flatness"
-    population: int = 20
-    generations: int = 10
-    topk: Optional[int] = None
-    mutations: Optional[int] = None
-    crossovers: Optional[int] = None
-    mutate_prob: float = 0.1
-    max_params: Optional[float] = None
-    max_flops: Optional[float] = None
-    # scores
-    sigmas: Optional[Tuple[float, ...]] = None
-    alpha: float = 1.0
-    gamma: Optional[float] = None
-    noise: Optional[str] = None
-    samples: int = 1
-    recal_batches: Optional[int] = None
-    # retraining and the run
-    retrain_epochs: int = 0
-    truth: Optional[str] = None
-    device: str = "auto"
-    threads: int = 0
-    seed: int = 0
-    out: Optional[str] = None
-    quiet: bool = False
+    __slots__ = ("_values",)
 
-    def __post_init__(self) -> None:
-        _validate(self)
+    def __init__(self, **settings: Any) -> None:
+        values = {name: s.default for name, s in SETTINGS.items()}
+        for key, value in _flatten(settings).items():
+            values[_known(key)] = value
+        for name, s in SETTINGS.items():
+            values[name] = s.normalise(values[name])
+        _validate(values)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(f"RunConfig has no setting {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("RunConfig is immutable; use config.replace(...)")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunConfig) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if v != SETTINGS[k].default}
+        return "RunConfig(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"
+
+    def section(self, name: str) -> Dict[str, Any]:
+        """The values of section ``name`` (``data``, ``train``, ``search``, ``score``, ...)."""
+        return {k: self._values[k] for k in SECTION[name].names()}
+
+    def component(self, name: str, **fixed: Any) -> Any:
+        """The component config that section ``name`` feeds, with ``fixed`` values on top (e.g. ``seed``).
+
+        ``search`` gets its derived ``topk``/``mutations``/``crossovers`` filled from the population."""
+        values = self.section(name)
+        if name == "search":
+            values = _search_filled(values)
+        return SECTION[name].build(values, **fixed)
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain values (``sigmas`` as a list); ``None`` kept."""
-        d = dataclasses.asdict(self)
-        d["sigmas"] = list(self.sigmas) if self.sigmas is not None else None
+        """Plain values by setting name (``sigmas`` as a list); ``None`` kept."""
+        d = dict(self._values)
+        for name, s in SETTINGS.items():
+            if s.kind == "floats" and d[name] is not None:
+                d[name] = list(d[name])
         return d
+
+    def to_nested(self) -> Dict[str, Dict[str, Any]]:
+        """``{section: {key: value}}`` as ``config.toml`` writes it."""
+        flat = self.to_dict()
+        return {sec.name: {k: flat[k] for k in sec.names()} for sec in SECTIONS}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], base: Optional["RunConfig"] = None) -> "RunConfig":
         """``base`` (default: the defaults) updated with the non-``None`` values of ``d``.
 
-        Keys may use ``-`` for ``_``. Unknown keys raise ``ValueError`` naming close matches.
+        Keys may use ``-`` for ``_``; a section's table (``{"train": {"epochs": 5}}``) is read like its
+        keys. Unknown keys raise ``ValueError`` naming close matches.
         """
-        names = [f.name for f in dataclasses.fields(cls)]
         values = base.to_dict() if base is not None else {}
-        for key, value in d.items():
-            name = str(key).replace("-", "_")
-            if name not in names:
-                hint = did_you_mean(name, names, n=3)
-                raise ValueError(f"unknown setting {key!r}{hint}")
+        for key, value in _flatten(d).items():
             if value is not None:
-                values[name] = value
+                values[_known(key)] = value
         return cls(**values)
 
     def replace(self, **changes: Any) -> "RunConfig":
@@ -162,92 +246,50 @@ class RunConfig:
         """Every "choose for me" value decided (what ``config.toml`` records).
 
         ``defaults`` gives the values that depend on the data or other layers (``augment``,
-        ``sigmas``, ``gamma``, ``noise``, ``recal_batches``); they fill only fields that are None.
+        ``sigmas``, ``gamma``, ``noise``, ``recal_batches``); they fill only settings that are None.
         """
-        pop = self.population
-        filled: Dict[str, Any] = {
-            "topk": max(2, min(pop, pop // 4)), "mutations": pop // 2, "crossovers": pop // 2, **defaults}
-        changes = {k: v for k, v in filled.items() if getattr(self, k) is None and v is not None}
-        return dataclasses.replace(self, **changes)
+        filled = {**{k: v for k, v in _search_filled(self._values).items() if k in ("topk", "mutations",
+                                                                                      "crossovers")}, **defaults}
+        changes = {k: v for k, v in filled.items() if self._values[_known(k)] is None and v is not None}
+        return self.replace(**changes)
 
     def uses(self, score: str) -> bool:
         """Whether the metric includes ``score`` (``accuracy``, ``angle`` or ``flatness``)."""
         return score in self.metric.split("+")
 
 
+def _flatten(d: Mapping[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in d.items():
+        if key in SECTION and isinstance(value, Mapping):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known(key: Any) -> str:
+    name = str(key).replace("-", "_")
+    if name not in SETTINGS:
+        hint = did_you_mean(name, list(SETTINGS), n=3)
+        raise ValueError(f"unknown setting {key!r}{hint}")
+    return name
+
+
 def _fail(name: str, value: Any, expected: str) -> None:
     raise ValueError(f"{name.replace('_', '-')}={value!r}: expected {expected}")
 
 
-def _choice(name: str, value: Any, options: Sequence[str]) -> None:
-    if value not in options:
-        hint = did_you_mean(str(value), list(options), n=2, joiner=" or ")
-        raise ValueError(f"{name.replace('_', '-')}={value!r} is not known; expected one of "
-                         f"{', '.join(options)}{hint}")
-
-
-def _validate(c: RunConfig) -> None:
-    def integer(name: str, minimum: int, optional: bool = False) -> None:
-        v = getattr(c, name)
-        if optional and v is None:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            _fail(name, v, f"an integer >= {minimum}")
-
-    def number(name: str, ok, expected: str, optional: bool = False) -> None:
-        v = getattr(c, name)
-        if optional and v is None:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-            _fail(name, v, expected)
-        object.__setattr__(c, name, float(v))  # 1 and 1.0 give the same saved config
-
-    for name in ("space", "data", "searcher", "metric", "device"):
-        if not isinstance(getattr(c, name), str) or not getattr(c, name):
-            _fail(name, getattr(c, name), "a non-empty string")
-    for name in ("data_dir", "truth", "out", "noise"):
-        v = getattr(c, name)
-        if v is not None and (not isinstance(v, str) or not v):
-            _fail(name, v, "a non-empty string")
-    _choice("metric", c.metric, METRICS)
-    _choice("searcher", c.searcher, SEARCHERS)
-    if c.noise is not None:
-        _choice("noise", c.noise, NOISE_MODES)
-    if not (c.device in DEVICES or (c.device.startswith("cuda:") and c.device[5:].isdigit())):
-        _fail("device", c.device, "auto, cpu, cuda or cuda:N")
-    for name in ("channels", "cells", "epochs", "batch_size", "population", "generations", "samples"):
-        integer(name, 1)
-    for name in ("valid_size", "limit_train", "retrain_epochs", "threads", "seed"):
-        integer(name, 0)
-    if c.seed >= 2 ** 32:
-        _fail("seed", c.seed, "an integer in [0, 2**32)")
-    integer("topk", 1, optional=True)
-    integer("mutations", 0, optional=True)
-    integer("crossovers", 0, optional=True)
-    integer("recal_batches", 1, optional=True)
-    number("lr", lambda v: v > 0, "a number > 0")
-    number("lr_min", lambda v: 0 <= v <= c.lr, f"a number in [0, lr={c.lr}]")
-    number("momentum", lambda v: v >= 0, "a number >= 0")
-    number("weight_decay", lambda v: v >= 0, "a number >= 0")
-    number("grad_clip", lambda v: v >= 0, "a number >= 0 (0 disables clipping)")
-    number("mutate_prob", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
-    number("alpha", lambda v: v >= 0, "a number >= 0")
-    number("gamma", lambda v: True, "a finite number", optional=True)
-    number("max_params", lambda v: v > 0, "a number > 0", optional=True)
-    number("max_flops", lambda v: v > 0, "a number > 0", optional=True)
-    for name in ("quiet",):
-        if not isinstance(getattr(c, name), bool):
-            _fail(name, getattr(c, name), "true or false")
-    if c.augment is not None and not isinstance(c.augment, bool):
-        _fail("augment", c.augment, "true or false")
-    if c.sigmas is not None:
-        object.__setattr__(c, "sigmas", parse_sigmas(c.sigmas))
-    if c.topk is not None and c.topk > c.population:
-        _fail("topk", c.topk, f"at most population={c.population}")
-    m = c.mutations if c.mutations is not None else c.population // 2
-    x = c.crossovers if c.crossovers is not None else c.population // 2
-    if m + x > c.population:
-        raise ValueError(f"mutations={m} + crossovers={x} exceeds population={c.population}")
+def _validate(v: Dict[str, Any]) -> None:
+    """Checks across settings; each component config validates its own fields (built once here)."""
+    device = v["device"]
+    if not (device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit())):
+        _fail("device", device, "auto, cpu, cuda or cuda:N")
+    if v["seed"] >= 2 ** 32:
+        _fail("seed", v["seed"], "an integer in [0, 2**32)")
+    SECTION["train"].build(v, seed=v["seed"])
+    SECTION["search"].build(_search_filled(v), seed=0)
+    SECTION["score"].build(v, seed=v["seed"])
 
 
 def parse_sigmas(value: Any) -> Tuple[float, ...]:
@@ -266,23 +308,9 @@ def parse_sigmas(value: Any) -> Tuple[float, ...]:
     raise ValueError(f"sigmas={value!r}: expected comma-separated numbers like '2e-3,1e-2,2e-2'")
 
 
-#: The keys of each phase; a key may change on resume only while its phase has not started.
-PHASE_KEYS: Dict[str, Tuple[str, ...]] = {
-    "train": ("space", "data", "data_dir", "channels", "cells", "limit_train", "epochs", "batch_size",
-              "lr", "lr_min", "momentum", "weight_decay", "grad_clip", "augment", "seed"),
-    "search": ("valid_size", "searcher", "metric", "population", "generations", "topk", "mutations",
-               "crossovers", "mutate_prob", "max_params", "max_flops", "sigmas", "alpha", "gamma",
-               "noise", "samples", "recal_batches"),
-    "retrain": ("retrain_epochs",),
-    "report": ("truth",),
-}
-
-#: Keys that describe one session, not the run: they may differ on every resume. ``device`` and
-#: ``threads`` can change floating-point results in the last bits; keep them for exact resumes.
-SESSION_KEYS: Tuple[str, ...] = ("device", "threads", "out", "quiet")
-
 def load_toml(path: "os.PathLike[str] | str") -> Dict[str, Any]:
-    """The key/value pairs of a TOML config file (flat; a ``[fastnas]`` table is also accepted)."""
+    """The settings of a TOML config file: keys flat or in their section's table (``[train]``), or in a
+    ``[fastnas]`` table; an unknown table, or a key in another section's table, is a ``ValueError``."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -299,15 +327,20 @@ def load_toml(path: "os.PathLike[str] | str") -> Dict[str, Any]:
         data = {**rest, **data["fastnas"]}
     flat: Dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(value)  # sections are only for grouping: [search] metric = ...
-        else:
+        if not isinstance(value, dict):
             flat[key] = value
+            continue
+        if key not in SECTION:
+            hint = did_you_mean(str(key), list(SECTION), n=2, joiner=" or ")
+            raise ValueError(f"config file {os.fspath(path)!r}: unknown table [{key}]; expected one of "
+                             f"{', '.join(SECTION)}{hint}")
+        for name, item in value.items():
+            setting = SETTINGS.get(str(name).replace("-", "_"))
+            if setting is not None and setting.name not in SECTION[key].names():
+                home = next(sec.name for sec in SECTIONS if setting.name in sec.names())
+                raise ValueError(f"config file {os.fspath(path)!r}: {name} belongs in [{home}], not [{key}]")
+            flat[name] = item
     return flat
-
-
-_GROUP_TITLES = {"train": "data, space and supernet training", "search": "search and scores",
-                 "retrain": "retraining the winner", "report": "report", "session": "this session"}
 
 
 def _toml_value(value: Any) -> str:
@@ -330,17 +363,14 @@ def _toml_value(value: Any) -> str:
 
 
 def dumps_toml(config: RunConfig, header: str = "") -> str:
-    """``config`` as a flat TOML text, grouped by phase with comments; ``None`` values are left out."""
-    d = config.to_dict()
+    """``config`` as TOML, one table per section (``[train]``, ...); ``None`` values are left out."""
     lines: List[str] = []
     if header:
         lines += [f"# {line}" if line else "#" for line in header.splitlines()] + [""]
-    groups = dict(PHASE_KEYS)
-    groups["session"] = SESSION_KEYS
-    for group, keys in groups.items():
-        lines.append(f"# -- {_GROUP_TITLES[group]}")
-        for key in keys:
-            if d[key] is not None:
-                lines.append(f"{key} = {_toml_value(d[key])}")
+    for name, values in config.to_nested().items():
+        lines.append(f"[{name}]  # {SECTION[name].title}")
+        for key, value in values.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
         lines.append("")
     return "\n".join(lines)

@@ -89,7 +89,7 @@ def merge_resume(saved: RunConfig, given: Dict[str, Any], state: Dict[str, Any],
             raise ValueError(f"cannot change {key.replace('_', '-')} when resuming {run_path}: its "
                              f"{phase} phase has started (run has {getattr(saved, key)!r}, given "
                              f"{getattr(merged, key)!r}); start a new run instead")
-    return dataclasses.replace(merged, out=str(run_path))
+    return merged.replace(out=str(run_path))
 
 
 @dataclasses.dataclass
@@ -167,7 +167,7 @@ def _defaults(config: RunConfig, dataset: Any) -> Dict[str, Any]:
 def prepare(config: RunConfig) -> Prepared:
     """Validates a new run (``config.out`` must be absent or empty) and loads its data; writes nothing."""
     out = config.out or default_out()
-    config = dataclasses.replace(config, out=out)
+    config = config.replace(out=out)
     run_dir = RunDir(out)
     run_dir.check_usable_for_new_run()
     return _load(config, run_dir, False, RunDir.new_state())

@@ -35,7 +35,7 @@ def test_every_config_field_is_a_flag():
     from fastnas.cli.parser import CONFIG_FLAG_DESTS
     from fastnas.run.config import PHASE_KEYS, SESSION_KEYS, RunConfig
 
-    fields = set(RunConfig.__dataclass_fields__)
+    fields = set(RunConfig().to_dict())
     assert fields == set(CONFIG_FLAG_DESTS) | {"quiet"}
     assert fields == {k for keys in PHASE_KEYS.values() for k in keys} | set(SESSION_KEYS)
     assert build_parser().parse_args(["search"]).command == "search"

@@ -45,3 +45,105 @@ def test_resolved_fills_only_unset_values():
     c = RunConfig(population=12, topk=5).resolved({"augment": True, "gamma": 16.0})
     assert (c.topk, c.mutations, c.crossovers, c.augment, c.gamma) == (5, 6, 6, True, 16.0)
     assert RunConfig(augment=False).resolved({"augment": True}).augment is False
+
+
+def test_population_one_needs_no_topk():
+    c = RunConfig(population=1).resolved({})
+    assert (c.topk, c.mutations, c.crossovers) == (1, 0, 0)
+    assert c.component("search", seed=0).topk == 1
+
+
+def test_sections_build_their_component_configs():
+    from fastnas.metrics import FlatnessConfig
+    from fastnas.search import EvolutionConfig
+    from fastnas.train import TrainConfig
+
+    c = RunConfig(epochs=3, nesterov=True, population=8, recal_batches=2, score_batch_size=32, seed=5)
+    t = c.component("train", seed=c.seed)
+    assert isinstance(t, TrainConfig) and (t.epochs, t.nesterov, t.seed) == (3, True, 5)
+    e = c.component("search", seed=9)
+    assert isinstance(e, EvolutionConfig) and (e.population, e.topk, e.mutations, e.seed) == (8, 2, 4, 9)
+    f = c.component("score", seed=c.seed)
+    assert isinstance(f, FlatnessConfig) and (f.bn_batches, f.batch_size, f.seed) == (2, 32, 5)
+
+
+def test_component_validation_applies_once():
+    with pytest.raises(ValueError, match="lr_min"):
+        RunConfig(lr=0.01, lr_min=0.1)
+    with pytest.raises(ValueError, match="topk"):
+        RunConfig(population=4, topk=5)
+    with pytest.raises(ValueError, match="noise"):
+        RunConfig(noise="gaussian")
+
+
+def test_a_new_component_field_becomes_a_setting():
+    import dataclasses
+
+    from fastnas.run.settings import derive_settings
+
+    @dataclasses.dataclass(frozen=True)
+    class Toy:
+        """A toy component.
+
+        Args:
+            depth: how deep
+                the toy goes.
+            width: how wide.
+        """
+
+        depth: int = 3
+        width: float = dataclasses.field(default=0.5, metadata={"help": "from metadata"})
+        tag: str = "x"
+        seed: int = 0
+
+    settings = {s.name: s for s in derive_settings(Toy, phase="train", exclude=("seed",),
+                                                   overrides={"tag": {"default": None}})}
+    assert list(settings) == ["depth", "width", "tag"]
+    assert (settings["depth"].kind, settings["depth"].default, settings["depth"].help) == \
+        ("int", 3, "how deep the toy goes.")
+    assert (settings["width"].kind, settings["width"].help) == ("float", "from metadata")
+    assert settings["tag"].optional and settings["tag"].default is None
+    with pytest.raises(TypeError, match="does not have"):
+        derive_settings(Toy, phase="train", overrides={"nope": {}})
+
+
+def test_every_component_field_has_a_flag_with_help():
+    import dataclasses
+
+    from fastnas.cli.parser import build_parser
+    from fastnas.metrics import FlatnessConfig
+    from fastnas.search import EvolutionConfig
+    from fastnas.train import TrainConfig
+
+    text = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
+    from fastnas.run.config import SETTINGS
+    for cls in (TrainConfig, EvolutionConfig, FlatnessConfig):
+        for f in dataclasses.fields(cls):
+            if f.name == "seed":
+                continue
+            setting = next(s for s in SETTINGS.values() if (s.target or s.name) == f.name and s.phase != "session")
+            assert setting.help, f.name
+            assert setting.flag in text, setting.flag
+
+
+def test_toml_sections(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nepochs = 4\n[score]\nmetric = 'accuracy'\n[run]\nseed = 3\n")
+    c = RunConfig.from_dict(load_toml(path))
+    assert (c.epochs, c.metric, c.seed) == (4, "accuracy", 3)
+    assert "[train]" in dumps_toml(c) and "[score]" in dumps_toml(c)
+    path.write_text("[trian]\nepochs = 4\n")
+    with pytest.raises(ValueError, match="did you mean 'train'"):
+        load_toml(path)
+    path.write_text("[train]\nmetric = 'angle'\n")
+    with pytest.raises(ValueError, match=r"belongs in \[score\]"):
+        load_toml(path)
+    assert RunConfig.from_dict({"train": {"epochs": 2}}).epochs == 2
+
+
+def test_flags_set_component_settings(tmp_path):
+    from fastnas.cli.parser import build_parser
+
+    args = build_parser().parse_args(["search", "--nesterov", "true", "--sigmas", "1e-3,2e-3",
+                                      "--max-params", "none", "--recal-mode", "momentum"])
+    assert (args.nesterov, args.sigmas, args.max_params, args.recal_mode) == (True, (1e-3, 2e-3), None, "momentum")

@@ -135,3 +135,13 @@ def test_search_with_ground_truth_adds_kendall(cli, tmp_path):
     assert result["kendall"]["n"] == 8 and -1 <= result["kendall"]["tau"] <= 1
     assert (out / "plots" / "kendall.png").exists()
     assert "Kendall tau" in r.out
+
+
+def test_population_one_runs_without_a_topk(cli, tmp_path):
+    from _cli_helpers import tiny
+
+    out = tmp_path / "run"
+    r = cli("search", *tiny(population=1, generations=2), "--out", out)
+    assert r.code == 0, r.err
+    result = json.loads((out / "result.json").read_text())
+    assert result["search"]["n_scored"] == 2
