@@ -446,3 +446,19 @@ def test_batched_route_equals_in_place_route(noise):
     assert _bytes(sn) == before
     with pytest.raises(ValueError, match="batched="):
         MultiSigmaEvaluator(sn, x, y, batched="yes")
+
+
+def test_auto_batched_choice_is_measured_off_cpu():
+    """On a GPU, batched='auto' asks the space's batched forward which is faster (measured here on CPU by
+    pretending the evaluator's device is not a CPU; only the choice is checked)."""
+    from fastnas.spaces.nb201_batched import choices
+
+    sn = _nb201()
+    x, y = _images()
+    ev = MultiSigmaEvaluator(sn, x, y, sigmas=(0.01, 0.1), batched="auto")
+    assert ev._use_batched(ARCH) == (False, "batched='auto' never batches on CPU (measured slower there)")
+    ev.device = torch.device("cuda")  # the choice only; nothing is run on that device
+    use, reason = ev._use_batched(ARCH)
+    choice = "batched" if use else "sequential"
+    assert reason == f"batched='auto': the batched forward measured {choice} faster on cuda"
+    assert any(c["k"] == 2 and c["choice"] == choice for c in choices())
