@@ -11,11 +11,18 @@ weights. :class:`MultiSigmaEvaluator` does them with as little overhead as the d
   running statistics are buffers and are not perturbed, as in the reference code);
 * each (level, sample) is ``perturb_`` in place (backup buffer reused) -> forward under
   ``torch.inference_mode`` -> ``restore_`` (exact, bit for bit);
-* a supernet candidate runs as its extracted standalone module (``supernet.extract(arch)``, a copy: the
-  supernet's weights and statistics are never touched). Its parameters are perturbed with the
-  *supernet's* layout offsets, so the noise equals perturbing the whole supernet. After each
-  perturbation a "fast" copy is refreshed: every Conv2d directly followed by a BatchNorm2d inside an
-  ``nn.Sequential`` is folded into one convolution with bias, and the copy is in channels-last format.
+* a supernet candidate runs as its extracted standalone module (``supernet.extract(arch,
+  return_map=True)``, a copy: the supernet's weights and statistics are never touched). Its parameters
+  are perturbed with the *supernet's* layout offsets through the space's name map, so the noise equals
+  perturbing the whole supernet. After each perturbation a "fast" copy is refreshed: every Conv2d
+  directly followed by a BatchNorm2d inside an ``nn.Sequential`` is folded into one convolution with
+  bias, and the copy is in channels-last format.
+
+Routes (``report()["route"]``, with the reason in ``report()["route_reason"]``): ``"extracted"`` (above),
+``"supernet"`` (the supernet's own path perturbed in place: ``extract=False``, or the space gives no name
+map), ``"batched"`` (the space's batched forward, :meth:`~fastnas.spaces.base.Supernet.batched_forward`,
+over out-of-place perturbed copies) and ``"model"`` (a plain module). A route is chosen by what the model
+declares, never by catching an exception.
 
 Noise streams: the noise of level ``i``, sample ``s`` uses ``stream = s * 65536 + i`` with the given seed
 (``"shared"``: ``stream = s * 65536`` for every level). Streams depend on nothing else, so two candidates
@@ -26,9 +33,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import math
 import numbers
+import pickle
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -38,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.metrics.combine import check_sigmas
-from fastnas.metrics.fastcopy import extracted_to_supernet, foldable_copy, refresh_folds
+from fastnas.metrics.fastcopy import foldable_copy, refresh_folds
 from fastnas.ops.layout import ParamLayout
 from fastnas.ops.perturb import Backup, perturb_, restore_
 from fastnas.ops.reduce import loss_correct_
@@ -60,6 +69,20 @@ STREAM_STRIDE = 1 << 16  # streams of sample s start at s * STREAM_STRIDE; level
 
 
 # ---- argument checks (shared with flatness.py and scores.py) -------------------------------------
+
+_WARNED: set = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _entry_name(entry: Any) -> str:
+    """The parameter name of a path entry: the name itself, or a slice's ``.name``."""
+    return entry if isinstance(entry, str) else entry.name
+
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else ``ValueError`` naming the argument with close matches."""
@@ -200,6 +223,7 @@ class _Prepared:
     folded: int = 0
     channels_last: bool = False
     path: str = "model"
+    reason: str = ""
     cleanup: List[Any] = field(default_factory=list)
 
 
@@ -233,17 +257,20 @@ class MultiSigmaEvaluator:
         bn_mode: ``"exact"`` or ``"momentum"`` (see :func:`~fastnas.spaces.base.recalibrate_bn`).
         bn_seed: seeds the choice of recalibration images.
         scope: ``"path"`` (every parameter of the candidate) or ``"cells"`` (only parameters inside the
-            searched cells: NB201 ``SuperCell`` modules, i.e. not the residual blocks; DARTS cell modules,
-            preprocessing included; other supernets: modules whose class name ends in ``Cell``).
+            searched cells: the modules under the supernet's ``searched_prefixes()``, e.g. NB201's search
+            cells without the residual blocks; a ``ValueError`` when it names none).
         criterion: ``criterion(logits, y)``, a batch mean (or ``reduction="sum"``); default cross-entropy.
         params: for a plain model, the parameters to perturb: names or tensors of ``model`` (default all).
-        extract: run a supernet candidate as ``supernet.extract(arch)`` when its parameter names map onto
-            the supernet's (else, or with ``False``, the supernet path itself runs, perturbed in place).
-        batched: for an NB201 supernet with ``independent`` or ``shared`` noise, evaluate all
-            (level, sample) weight sets in one pass: out-of-place :func:`~fastnas.ops.perturb.perturbed_copies`
-            and the batched mixed-op forward (:mod:`fastnas.spaces.nb201_batched`). ``"auto"``: on a GPU
-            when :func:`~fastnas.spaces.nb201_batched.choose_forward` measures it faster; never on CPU,
-            where the benchmark measured it slower (``benchmarks/bench_supernet.py``). ``True``/``False`` force it.
+        extract: run a supernet candidate as ``supernet.extract(arch, return_map=True)`` (with
+            ``False``, or when the supernet's ``extract`` gives no name map, the supernet path itself runs,
+            perturbed in place; the report says why). A name map that does not match the path is an error.
+        batched: for a supernet with a batched forward (``supernet.batched_forward()``, e.g. NB201's
+            mixed-op forward :mod:`fastnas.spaces.nb201_batched`) and ``independent`` or ``shared`` noise,
+            evaluate all (level, sample) weight sets in one pass over out-of-place
+            :func:`~fastnas.ops.perturb.perturbed_copies`. ``"auto"``: on a GPU when the batched forward
+            measures itself faster (``choose``); never on CPU, where the benchmark measured it slower
+            (``benchmarks/bench_supernet.py``). ``True`` forces it (a ``ValueError`` when it cannot be
+            used), ``False`` never uses it.
     """
 
     def __init__(self, model: nn.Module, valid_x: torch.Tensor, valid_y: torch.Tensor, *,
@@ -276,6 +303,17 @@ class MultiSigmaEvaluator:
         if batched not in ("auto", True, False):
             raise ValueError(f"batched={batched!r}: expected 'auto', True or False")
         self.batched = batched
+        self._batched_forward = None
+        if batched is not False:
+            make = getattr(model, "batched_forward", None) if self.is_supernet else None
+            self._batched_forward = make() if callable(make) else None
+        if batched is True:
+            if self._batched_forward is None:
+                raise ValueError(f"batched=True: {type(model).__name__} has no batched forward "
+                                 "(batched_forward() is None); expected batched='auto' or False")
+            if self.noise == "cumulative":
+                raise ValueError("batched=True: noise='cumulative' perturbs in steps on top of each other, which "
+                                 "the batched route cannot; expected noise='independent' or 'shared'")
         self.criterion = criterion
         self._loss_sum = _loss_sum_fn(criterion)
 
@@ -308,7 +346,7 @@ class MultiSigmaEvaluator:
         self.layout = ParamLayout.from_module(model)
         self._named = dict(model.named_parameters())
         self._subset = self._resolve_params(params) if params is not None else None
-        self._cell_prefixes = self._find_cell_prefixes() if self.is_supernet else ()
+        self._cell_prefixes = self._searched_prefixes() if self.scope == "cells" else ()
         self._backup: Optional[Backup] = None
         self._scratch: Optional[Backup] = None
         self._last: Dict[str, Any] = {}
@@ -341,40 +379,63 @@ class MultiSigmaEvaluator:
                                  f"got {type(p).__name__}")
         return out
 
-    def _find_cell_prefixes(self) -> Tuple[str, ...]:
-        """Module-name prefixes of the searched cells (see ``scope`` in the class docstring)."""
-        from fastnas.spaces.darts import _SearchCell
-        from fastnas.spaces.nb201_ops import SuperCell
-        out = []
-        for name, m in self.model.named_modules():
-            if isinstance(m, (SuperCell, _SearchCell)) or (
-                    name and type(m).__name__.endswith("Cell") and not isinstance(m, self.model.__class__)):
-                if not any(name.startswith(p) for p in out):
-                    out.append(name + ".")
-        return tuple(out)
+    def _searched_prefixes(self) -> Tuple[str, ...]:
+        """The supernet's ``searched_prefixes()`` (``scope="cells"``); a ``ValueError`` when there are none."""
+        get = getattr(self.model, "searched_prefixes", None) if self.is_supernet else None
+        prefixes = tuple(get()) if callable(get) else ()
+        if not prefixes:
+            raise ValueError(f"scope='cells': {type(self.model).__name__} names no searched cells "
+                             "(searched_prefixes() is empty or missing); expected scope='path'")
+        return prefixes
 
-    def _in_scope(self, name: str) -> bool:
-        return self.scope == "path" or name.startswith(self._cell_prefixes)
+    def _in_scope(self, entry: Any) -> bool:
+        return self.scope == "path" or _entry_name(entry).startswith(self._cell_prefixes)
 
-    def _extract_map(self, arch: Any, net: nn.Module) -> Optional[Dict[str, str]]:
-        """Extracted parameter name -> supernet name, checked; ``None`` when it does not map 1:1."""
-        try:
-            mapping = extracted_to_supernet(self.model, arch, [n for n, _ in net.named_parameters()])
-        except Exception as exc:  # unknown naming: run the supernet path instead
-            logger.debug("extract name map failed (%s); using the supernet path", exc)
-            return None
-        if mapping is None:
-            return None
-        path = set(self.model.path_parameters(arch))
-        if set(mapping.values()) != path or len(set(mapping.values())) != len(mapping):
-            return None
+    def _targets(self, entries: Iterable[Any]) -> List[Tuple[Any, torch.Tensor]]:
+        """The perturbation targets of supernet path entries in scope: ``(name, tensor)`` for a whole
+        parameter, ``(slice, full tensor)`` for a slice (as ``fastnas.ops.path_params`` makes them)."""
+        return [(e, self._named[_entry_name(e)]) for e in entries if self._in_scope(e)]
+
+    def _extract_route(self, arch: Any) -> Tuple[Optional[nn.Module], Optional[Dict[str, str]], str]:
+        """``(net, name_map, reason)``: the extracted module and its checked name map, or ``None``s and why
+        the supernet path runs instead."""
+        model = self.model
+        if not self.use_extract:
+            return None, None, "extract=False"
+        extract = getattr(model, "extract", None)
+        if not callable(extract):
+            return None, None, f"{type(model).__name__} has no extract()"
+        if "return_map" not in inspect.signature(extract).parameters:
+            return None, None, (f"{type(model).__name__}.extract() gives no name map (no return_map argument), so "
+                                "the extracted module cannot be perturbed with the supernet's noise layout")
+        net, mapping = extract(arch, return_map=True)
+        path = list(model.path_parameters(arch))
+        if any(not isinstance(v, str) for v in mapping.values()) or any(not isinstance(e, str) for e in path):
+            return None, None, ("the path has parameter slices; the extracted route perturbs whole supernet "
+                                "tensors only")
+        self._check_map(arch, net, mapping, path)
+        return net, mapping, "the extracted module's parameters map onto the supernet's (name map checked)"
+
+    def _check_map(self, arch: Any, net: nn.Module, mapping: Dict[str, str], path: List[str]) -> None:
+        """``ValueError`` unless ``mapping`` maps every parameter of ``net`` one-to-one onto the path's, with
+        equal values: a wrong map would perturb with the wrong noise."""
+        where = f"{type(self.model).__name__}.extract({arch!r}, return_map=True)"
         ext = dict(net.named_parameters())
+        if set(mapping) != set(ext):
+            missing = sorted(set(ext) - set(mapping))[:3]
+            extra = sorted(set(mapping) - set(ext))[:3]
+            raise ValueError(f"{where}: the name map's keys are not the module's parameters (unmapped: "
+                             f"{missing}, unknown: {extra})")
+        values = list(mapping.values())
+        if len(set(values)) != len(values) or set(values) != set(path):
+            raise ValueError(f"{where}: the name map does not map one-to-one onto path_parameters(arch) "
+                             f"(outside the path: {sorted(set(values) - set(path))[:3]}, path not covered: "
+                             f"{sorted(set(path) - set(values))[:3]})")
         with torch.no_grad():
             for en, sn in mapping.items():
                 a, b = ext[en], self._named.get(sn)
                 if b is None or a.shape != b.shape or not torch.equal(a, b):
-                    return None
-        return mapping
+                    raise ValueError(f"{where}: {en!r} maps to {sn!r}, whose values differ")
 
     def _build_fast(self, source: nn.Module) -> Tuple[Optional[nn.Module], Callable[[], None], int]:
         """The fast copy of ``source`` (folded, channels-last) and its refresh function."""
@@ -403,13 +464,13 @@ class MultiSigmaEvaluator:
 
         return fast, refresh, len(folds)
 
-    def _prepare(self, arch: Any, stack: contextlib.ExitStack) -> _Prepared:
+    def _prepare(self, arch: Any, stack: contextlib.ExitStack, reason: str = "") -> _Prepared:
         model = self.model
         if self.is_supernet:
             if arch is None:
                 raise ValueError("arch: this model is a supernet; pass the architecture to evaluate")
-            net = model.extract(arch) if self.use_extract and hasattr(model, "extract") else None
-            mapping = self._extract_map(arch, net) if net is not None else None
+            net, mapping, why = self._extract_route(arch)
+            why = f"{reason}; {why}" if reason else why
             if mapping is not None:
                 net.eval()
                 if self._calib:
@@ -419,14 +480,17 @@ class MultiSigmaEvaluator:
                 fast, refresh, folded = self._build_fast(net)
                 runner = fast if fast is not None else net
                 return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last,
-                                 "extracted")
+                                 "extracted", why)
+            if self.use_extract:
+                _warn_once(f"{type(model).__name__}: the supernet path runs instead of the faster extracted "
+                           f"module: {why}")
             # The supernet path itself, perturbed in place; its BatchNorm buffers are put back afterwards.
             stack.enter_context(_preserved(model, buffers=bool(self._calib)))
             if self._calib:
                 self._recalibrate(lambda: model.recalibrate(arch, self._calib, mode=self.bn_mode))
             model.eval()
-            names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
-            return _Prepared([(n, self._named[n]) for n in names], lambda x: model(x, arch), path="supernet")
+            return _Prepared(self._targets(model.path_parameters(arch)), lambda x: model(x, arch),
+                             path="supernet", reason=why)
         if arch is not None:
             raise ValueError("arch: this model is not a supernet (it has no path_parameters); call evaluate()")
         stack.enter_context(_preserved(model, buffers=bool(self._calib)))
@@ -435,13 +499,15 @@ class MultiSigmaEvaluator:
         model.eval()
         names = self._subset if self._subset is not None else list(self._named)
         targets = [(n, self._named[n]) for n in names]
+        why = "a plain module"
         try:
             fast, refresh, folded = self._build_fast(model)
-        except Exception as exc:  # e.g. a model that cannot be deep-copied
-            logger.debug("no fast copy (%s); running the model itself", exc)
+        except (TypeError, RuntimeError, copy.Error, pickle.PickleError) as exc:  # a model deepcopy refuses
+            why = f"a plain module, run as it is: no fast copy ({type(exc).__name__}: {exc})"
+            _warn_once(f"{type(model).__name__}: {why}")
             fast, refresh, folded = None, lambda: None, 0
         runner = fast if fast is not None else model
-        return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last, "model")
+        return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last, "model", why)
 
     # ---- evaluation
 
@@ -477,10 +543,13 @@ class MultiSigmaEvaluator:
         levels = len(self.sigmas) if perturbed else 0
         runs = levels * self.samples
         slots = runs + (1 if clean else 0)
-        if runs and self._use_batched(arch):
-            return self._evaluate_batched(arch, levels, clean)
+        reason = ""
+        if runs and self.is_supernet:
+            use, reason = self._use_batched(arch)
+            if use:
+                return self._evaluate_batched(arch, levels, clean, reason)
         with contextlib.ExitStack() as stack, torch.no_grad():
-            prep = self._prepare(arch, stack)
+            prep = self._prepare(arch, stack, reason)
             x_all = self._x_fast if prep.channels_last else self._x_plain
             acc = torch.zeros(max(slots, 1), dtype=torch.float64, device=self.device)
             correct = torch.zeros(max(slots, 1), dtype=torch.int64, device=self.device)
@@ -491,8 +560,8 @@ class MultiSigmaEvaluator:
                 self._perturbed_passes(prep, x_all, acc, correct)
             sums, counts = acc.tolist(), correct.tolist()  # the one host sync
         self.evaluations += 1
-        self._last = {"path": prep.path, "folded_bn": prep.folded, "channels_last": prep.channels_last,
-                      "perturbed_tensors": len(prep.targets)}
+        self._last = {"path": prep.path, "route_reason": prep.reason, "folded_bn": prep.folded,
+                      "channels_last": prep.channels_last, "perturbed_tensors": len(prep.targets)}
         n = self.n
         losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
@@ -501,23 +570,24 @@ class MultiSigmaEvaluator:
 
     # ---- batched route: K perturbed copies in one mixed-op pass
 
-    def _use_batched(self, arch: Any) -> bool:
-        from fastnas.spaces.nb201 import NB201Supernet
-
-        if self.batched is False or not isinstance(self.model, NB201Supernet) or self.noise == "cumulative":
-            return False
+    def _use_batched(self, arch: Any) -> Tuple[bool, str]:
+        """Whether the batched route runs ``arch``, and why (or why not)."""
+        if self.batched is False:
+            return False, "batched=False"
+        if self._batched_forward is None:
+            return False, "the supernet has no batched forward"
+        if self.noise == "cumulative":
+            return False, "noise='cumulative' cannot run batched"
         if self.batched is True:
-            return True
+            return True, "batched=True"
         if self.device.type == "cpu":
-            return False
-        from fastnas.spaces.nb201_batched import choose_forward
-
+            return False, "batched='auto' never batches on CPU (measured slower there)"
         k = len(self.sigmas) * self.samples
-        return choose_forward(self.model, self._x_plain[:self.batch_size], [arch] * k) == "batched"
+        choice = self._batched_forward.choose(self._x_plain[:self.batch_size], [arch] * k)
+        return choice == "batched", f"batched='auto': the batched forward measured {choice} faster on {self.device}"
 
-    def _evaluate_batched(self, arch: Any, levels: int, clean: bool) -> EvalResult:
+    def _evaluate_batched(self, arch: Any, levels: int, clean: bool, reason: str) -> EvalResult:
         from fastnas.ops.perturb import perturbed_copies
-        from fastnas.spaces.nb201_batched import BatchedNB201
 
         model = self.model
         runs = levels * self.samples
@@ -526,7 +596,7 @@ class MultiSigmaEvaluator:
             if self._calib:
                 self._recalibrate(lambda: model.recalibrate(arch, self._calib, mode=self.bn_mode))
             model.eval()
-            names = [n for n in model.path_parameters(arch) if self._in_scope(n)]
+            names = [n for n, _ in self._targets(model.path_parameters(arch))]
             sigmas = [self.sigmas[i] for i in range(levels) for _ in range(self.samples)]
             streams = [noise_stream(i, s, self.noise) for i in range(levels) for s in range(self.samples)]
             weights: List[Dict[str, torch.Tensor]] = [{} for _ in range(runs + (1 if clean else 0))]
@@ -535,7 +605,7 @@ class MultiSigmaEvaluator:
                                           layout=self.layout)
                 for k in range(runs):
                     weights[k] = {n: c[k] for n, c in zip(names, copies)}
-            batched = BatchedNB201(model)
+            batched = self._batched_forward
             plan = batched.prepare([arch] * len(weights), weights)
             acc = torch.zeros(len(weights), dtype=torch.float64, device=self.device)
             correct = torch.zeros(len(weights), dtype=torch.int64, device=self.device)
@@ -547,7 +617,8 @@ class MultiSigmaEvaluator:
                     self._accumulate(batched.forward(plan, xb), yb, acc, correct, 0)  # logits (K, B, classes)
             sums, counts = acc.tolist(), correct.tolist()  # the one host sync
         self.evaluations += 1
-        self._last = {"path": "batched", "folded_bn": 0, "channels_last": False, "perturbed_tensors": len(names)}
+        self._last = {"path": "batched", "route_reason": reason, "folded_bn": 0, "channels_last": False,
+                      "perturbed_tensors": len(names)}
         n = self.n
         losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
@@ -596,10 +667,13 @@ class MultiSigmaEvaluator:
         prep.refresh()
 
     def report(self) -> Dict[str, Any]:
-        """Which path the last evaluation took: device, channels_last, folded_bn, precision, batch_size, ..."""
+        """How the last evaluation ran: ``route`` (``"extracted"``, ``"supernet"``, ``"batched"`` or
+        ``"model"``; also under its older name ``path``) and ``route_reason`` (why that route, including
+        why a faster one was not taken), device, channels_last, folded_bn, precision, batch_size, ..."""
         return {"device": str(self.device), "precision": self.precision, "batch_size": self.batch_size,
                 "channels_last": self._last.get("channels_last", self.channels_last),
-                "folded_bn": self._last.get("folded_bn", 0), "path": self._last.get("path"),
+                "folded_bn": self._last.get("folded_bn", 0), "route": self._last.get("path"),
+                "route_reason": self._last.get("route_reason"), "path": self._last.get("path"),
                 "perturbed_tensors": self._last.get("perturbed_tensors"), "noise": self.noise,
                 "samples": self.samples, "sigmas": list(self.sigmas), "n": self.n,
                 "bn_batches": self.bn_batches, "evaluations": self.evaluations,

@@ -1,20 +1,20 @@
-"""Fast copies of a candidate for scoring: BatchNorm folded into convolutions, and the map from an
-extracted standalone module's parameter names to its supernet's (so the supernet's noise layout applies).
-Used by :class:`fastnas.metrics.evaluator.MultiSigmaEvaluator`."""
+"""Fast copies of a candidate for scoring: BatchNorm folded into convolutions, in a copy that is refreshed
+from the (perturbed) source after each perturbation. Used by
+:class:`fastnas.metrics.evaluator.MultiSigmaEvaluator`. (The map from an extracted module's parameter
+names to its supernet's is the space's: ``supernet.extract(arch, return_map=True)``.)"""
 
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
 
-__all__ = ["foldable_copy", "refresh_folds", "extracted_to_supernet"]
+__all__ = ["foldable_copy", "refresh_folds"]
 
 
 # ---- BatchNorm folding ---------------------------------------------------------------------------
@@ -101,49 +101,3 @@ def refresh_folds(folds: Sequence[_Fold]) -> None:
     for f, spec in zip(folds, specs):
         f.fused.weight.copy_(spec.dst)  # the fused copy may be channels-last
         f.fused.bias.copy_(spec.bias)
-
-
-# ---- supernet names of an extracted module --------------------------------------------------------
-
-_NB201_EDGE = re.compile(r"^cells\.(\d+)\.edges\.(\d+)\.")
-_DARTS_OP = re.compile(r"^cells\.(\d+)\.ops\.(\d+)\.")
-
-
-def extracted_to_supernet(supernet: nn.Module, arch: Any, names: Sequence[str]) -> Optional[Dict[str, str]]:
-    """Maps the parameter names of ``supernet.extract(arch)`` to the supernet's names.
-
-    NB201: ``cells.{i}.edges.{k}.rest`` -> ``cells.{i}.edges.{k}.{op}.rest`` in search cells. DARTS:
-    ``cells.{i}.ops.{e}.rest`` -> ``cells.{i}.edges.{edge_index}.{op}.rest``. Other supernets: the identity
-    (names must exist in the supernet). Returns ``None`` when a name cannot be mapped; the caller also
-    checks that the values agree.
-    """
-    from fastnas.spaces.darts import DARTSSupernet
-    from fastnas.spaces.nb201 import NB201Supernet
-    from fastnas.spaces.nb201_ops import SuperCell
-
-    known = dict(supernet.named_parameters())
-    out: Dict[str, str] = {}
-    if isinstance(supernet, NB201Supernet):
-        a = supernet.space.validate(arch)
-        for n in names:
-            m = _NB201_EDGE.match(n)
-            if m and isinstance(supernet.cells[int(m.group(1))], SuperCell):
-                out[n] = f"{n[:m.end()]}{a[int(m.group(2))]}.{n[m.end():]}"
-            else:
-                out[n] = n
-    elif isinstance(supernet, DARTSSupernet):
-        g = supernet.space.validate(arch)
-        for n in names:
-            m = _DARTS_OP.match(n)
-            if m:
-                i, e = int(m.group(1)), int(m.group(2))
-                cell = supernet.cells[i]
-                op, j = (g.reduce if cell.reduction else g.normal)[e]
-                out[n] = f"cells.{i}.edges.{cell.edge_index(e // 2, j)}.{op}.{n[m.end():]}"
-            else:
-                out[n] = n
-    else:
-        out = {n: n for n in names}
-    if any(v not in known for v in out.values()):
-        return None
-    return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -116,20 +116,58 @@ class FlatnessConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "FlatnessConfig":
-        """A config with the sigmas of a GeNAS setting: ``"nb201"``, ``"darts-cifar10"``, ``"darts-cifar100"``."""
-        check_choice("preset", name, list(PRESETS))
+        """A config with the sigmas a space recommends: ``"<space>"`` or ``"<space>-<dataset>"``, e.g.
+        ``"nb201"``, ``"darts-cifar10"``, ``"darts-cifar100"`` (see :data:`PRESETS`)."""
+        if not isinstance(name, str) or name not in PRESETS:
+            check_choice("preset", name, list(PRESETS))
         return cls(sigmas=PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
 
     def replace(self, **changes: Any) -> "FlatnessConfig":
         return dataclasses.replace(self, **changes)
 
 
-#: Sigmas of the GeNAS paper: NB201 (Table 5), DARTS on CIFAR-10 and on CIFAR-100.
-PRESETS: Dict[str, Tuple[float, ...]] = {
-    "nb201": (2e-3, 1e-2, 2e-2),
-    "darts-cifar10": (1e-5, 5e-5, 1e-4),
-    "darts-cifar100": (1e-3, 3e-3, 6e-3),
-}
+class _SpacePresets(Mapping):
+    """``"<space>"`` or ``"<space>-<dataset>"`` -> the sigmas of ``create_space(space).presets(dataset)``,
+    for every registered space and dataset (read-only, computed on lookup)."""
+
+    @staticmethod
+    def _split(name: str) -> Optional[Tuple[str, Optional[str]]]:
+        from fastnas.spaces import list_spaces
+
+        for space in sorted(list_spaces(), key=len, reverse=True):
+            if name == space:
+                return space, None
+            if name.startswith(space + "-") and len(name) > len(space) + 1:
+                return space, name[len(space) + 1:]
+        return None
+
+    def __getitem__(self, name: str) -> Tuple[float, ...]:
+        from fastnas.spaces import create_space
+
+        split = self._split(name) if isinstance(name, str) else None
+        if split is None:
+            raise KeyError(name)
+        return create_space(split[0]).presets(split[1]).sigmas
+
+    def __iter__(self) -> Iterator[str]:
+        from fastnas.data import list_datasets
+        from fastnas.spaces import list_spaces
+
+        for space in list_spaces():
+            yield space
+            for data in list_datasets():
+                yield f"{space}-{data}"
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return "PRESETS(" + ", ".join(f"{k!r}: {self[k]!r}" for k in self) + ")"
+
+
+#: The sigmas each space recommends (``Space.presets``), e.g. GeNAS's: ``PRESETS["nb201"]`` (its Table 5),
+#: ``PRESETS["darts-cifar10"]``, ``PRESETS["darts-cifar100"]``.
+PRESETS: Mapping[str, Tuple[float, ...]] = _SpacePresets()
 
 
 @dataclass(frozen=True)
@@ -249,14 +287,18 @@ def flatness(model: nn.Module, data: Any, sigmas: Sequence[float], alpha: float 
 def supernet_flatness(supernet: nn.Module, arch: Any, valid_x: torch.Tensor, valid_y: torch.Tensor,
                       config: Optional[FlatnessConfig] = None, *, calib_x: Optional[torch.Tensor] = None,
                       device=None) -> FlatnessResult:
-    """Flatness of one supernet candidate with the settings of ``config`` (default: the NB201 preset).
+    """Flatness of one supernet candidate with the settings of ``config`` (default: the sigmas its space
+    recommends, ``supernet.space.presets()``).
 
     The candidate is recalibrated on ``calib_x`` (the supernet-train images; ``None``: ``valid_x``), then
     perturbed on its path only, with the supernet's parameter layout (equal to perturbing the whole
     supernet, as the GeNAS code does). For many candidates, reuse one evaluator through
     :func:`~fastnas.metrics.scores.make_score_fn`.
     """
-    cfg = config or FlatnessConfig.preset("nb201")
+    if config is None:
+        presets = getattr(getattr(supernet, "space", None), "presets", None)
+        config = FlatnessConfig(sigmas=presets().sigmas) if callable(presets) else FlatnessConfig()
+    cfg = config
     ev = _evaluator(supernet, valid_x, valid_y, cfg, calib_x=calib_x, device=device)
     return result_from_eval(ev.evaluate(arch), cfg.alpha, cfg.eps, ev.report())
 

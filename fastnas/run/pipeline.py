@@ -119,11 +119,9 @@ def _subset(pair: Pair, n: int, seed: int, purpose: str) -> Pair:
 
 
 def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
-    """``create_space`` arguments: channels/cells mapped onto the space's names, plus the data's shape."""
-    kw: Dict[str, Any] = {"C": config.channels, "num_classes": dataset.num_classes,
-                          "in_channels": dataset.in_channels, "resolution": dataset.resolution}
-    kw[{"nb201": "N", "darts": "layers"}.get(config.space, "N")] = config.cells
-    return kw
+    """``create_space`` arguments: the generic size keywords (each space maps them onto its own names)."""
+    return {"channels": config.channels, "cells": config.cells, "num_classes": dataset.num_classes,
+            "in_channels": dataset.in_channels, "resolution": dataset.resolution}
 
 
 def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any]) -> Prepared:
@@ -450,7 +448,7 @@ class Run:
         c = self.config
         x = torch.cat([self.p.train[0], self.p.valid_full[0]])
         y = torch.cat([self.p.train[1], self.p.valid_full[1]])
-        build = {"C": c.channels, "layers": c.cells} if c.space == "darts" else {}
+        build: Dict[str, Any] = {}  # build(arch) is the network of the space's own sizes (channels, cells)
         return retrain(self.space, arch, (x, y), (self.p.dataset.test_x, self.p.dataset.test_y),
                        epochs=epochs or c.retrain_epochs, batch_size=c.batch_size, lr=c.lr, lr_min=0.0,
                        momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,

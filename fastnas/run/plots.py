@@ -164,37 +164,36 @@ def _draw_dag(ax: Any, nodes: Dict[Any, Tuple[str, Tuple[float, float]]],
     ax.set_title(title, fontsize=8)
 
 
-def _nb201_graph(space: Any, arch: Any):
-    nodes = {i: (("in" if i == 0 else "out" if i == 3 else str(i)), (float(i) * 1.6, 0.0)) for i in range(4)}
-    edges = [(src, to, op) for (to, src), op in zip(space.edges, arch) if op != "none"]
-    return nodes, edges
+def _layout(graph: Any) -> Dict[Any, Tuple[str, Tuple[float, float]]]:
+    """Positions of a cell graph: its inputs in the first column, then one column per node in order.
 
-
-def _darts_graph(steps: int, cell: Sequence[Tuple[str, int]], concat: Sequence[int]):
-    nodes: Dict[Any, Tuple[str, Tuple[float, float]]] = {
-        0: ("k-2", (0.0, 0.9)), 1: ("k-1", (0.0, -0.9))}
-    for k in range(steps):
-        nodes[k + 2] = (str(k), (1.6 * (k + 1), 0.9 if k % 2 == 0 else -0.9))
-    nodes["out"] = ("out", (1.6 * (steps + 1), 0.0))
-    edges = [(j, 2 + i // 2, op) for i, (op, j) in enumerate(cell)]
-    edges += [(k, "out", "") for k in concat]
-    return nodes, edges
+    With one input every node sits on one line; with several, the inputs are stacked and the inner nodes
+    alternate above and below the line of the output (the last node).
+    """
+    nodes, n_in = list(graph.nodes), int(getattr(graph, "inputs", 1))
+    out: Dict[Any, Tuple[str, Tuple[float, float]]] = {}
+    for k, label in enumerate(nodes[:n_in]):
+        y = 0.0 if n_in == 1 else 0.9 - 1.8 * k / (n_in - 1)
+        out[label] = (label, (0.0, y))
+    rest = nodes[n_in:]
+    for k, label in enumerate(rest):
+        y = 0.0 if n_in == 1 or k == len(rest) - 1 else (0.9 if k % 2 == 0 else -0.9)
+        out[label] = (label, (1.6 * (k + 1), y))
+    return out
 
 
 def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str = "") -> None:
-    """The found cell(s) as a graph: NB201's cell, or DARTS's normal and reduction cells."""
-    name = getattr(space, "name", "")
-    if name == "nb201":
+    """The found cell(s) as graphs (``space.cell_graph(arch)``, one row per cell kind), or the text form
+    when the space draws no graph."""
+    graphs = list(space.cell_graph(arch)) if hasattr(space, "cell_graph") else []
+    if len(graphs) == 1:
         fig = _figure(7.0, 2.6)
-        nodes, edges = _nb201_graph(space, arch)
-        _draw_dag(fig.add_subplot(1, 1, 1), nodes, edges, title or space.format(arch))
-    elif name == "darts":
-        steps = getattr(space, "steps", 4)
-        fig = _figure(8.0, 5.6)
-        for row, (cell, concat, label) in enumerate(((arch.normal, arch.normal_concat, "normal cell"),
-                                                      (arch.reduce, arch.reduce_concat, "reduction cell"))):
-            nodes, edges = _darts_graph(steps, cell, concat)
-            _draw_dag(fig.add_subplot(2, 1, row + 1), nodes, edges, label)
+        g = graphs[0]
+        _draw_dag(fig.add_subplot(1, 1, 1), _layout(g), g.edges, title or g.title)
+    elif graphs:
+        fig = _figure(8.0, 2.8 * len(graphs))
+        for row, g in enumerate(graphs):
+            _draw_dag(fig.add_subplot(len(graphs), 1, row + 1), _layout(g), g.edges, g.title)
         if title:
             fig.suptitle(title, fontsize=8)
     else:

@@ -19,13 +19,14 @@ __all__ = ["build_score_fn", "flatness_config", "default_sigmas", "TimedScoreFn"
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
 
-def default_sigmas(space: str, data: str) -> Tuple[float, ...]:
-    """GeNAS's sigmas for the space (and, for DARTS, the dataset): the metrics layer's presets."""
-    from fastnas.metrics.flatness import PRESETS
+def default_sigmas(space: Any, data: Optional[str]) -> Tuple[float, ...]:
+    """The sigmas the space recommends for the dataset (``space.presets(data)``); ``space`` is a
+    :class:`~fastnas.spaces.Space` or a registered name."""
+    if isinstance(space, str):
+        from fastnas.spaces import create_space
 
-    if space == "darts":
-        return PRESETS["darts-cifar100" if "cifar100" in data.lower() else "darts-cifar10"]
-    return PRESETS["nb201"]
+        space = create_space(space)
+    return tuple(space.presets(data).sigmas)
 
 
 def flatness_config(config: RunConfig) -> Any:

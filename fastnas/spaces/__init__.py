@@ -5,9 +5,11 @@ Importing this package registers the built-in spaces: ``create_space("nb201")``,
 
 from __future__ import annotations
 
-from fastnas.spaces.base import Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space
+from fastnas.spaces.base import (
+    BatchedForward, CellGraph, Presets, Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space,
+)
 from fastnas.spaces.darts import DARTS
 from fastnas.spaces.nb201 import NB201
 
-__all__ = ["DARTS", "NB201", "Space", "Supernet", "create_space", "list_spaces", "recalibrate_bn",
-           "register_space"]
+__all__ = ["BatchedForward", "CellGraph", "DARTS", "NB201", "Presets", "Space", "Supernet", "create_space",
+           "list_spaces", "recalibrate_bn", "register_space"]

@@ -1,14 +1,20 @@
 """The search-space protocol, the supernet base class and the space registry.
 
 A space is a small object with the methods of :class:`Space`; architectures are immutable, hashable
-values (tuples) with one canonical text form. Search algorithms see only this protocol.
+values (tuples) with one canonical text form. Search algorithms, scores and runs see only this protocol:
+everything specific to one space (its presets, cell graph, angle pieces, name maps, searched cells and
+batched forward) is answered by the space or its supernet.
 """
 
 from __future__ import annotations
 
 import abc
+import math
 import random
-from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List
+import types
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -16,10 +22,104 @@ from torch import nn
 from fastnas._hints import did_you_mean
 
 __all__ = [
-    "Space", "Supernet", "register_space", "create_space", "list_spaces", "recalibrate_bn",
+    "Space", "Supernet", "Presets", "CellGraph", "BatchedForward", "register_space", "create_space",
+    "list_spaces", "recalibrate_bn", "size_keyword",
 ]
 
 Arch = Hashable
+
+#: GeNAS's NAS-Bench-201 sigmas: the default of a space that states none (and of ``FlatnessConfig``).
+DEFAULT_SIGMAS: Tuple[float, ...] = (2e-3, 1e-2, 2e-2)
+
+
+@dataclass(frozen=True)
+class Presets:
+    """What a space recommends for a dataset.
+
+    Attributes:
+        sigmas: the flatness noise levels (absolute standard deviations), positive, strictly increasing.
+        train: ``TrainConfig`` field overrides for that dataset (may be empty), read-only.
+    """
+
+    sigmas: Tuple[float, ...] = DEFAULT_SIGMAS
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            sigmas = tuple(float(s) for s in self.sigmas)
+        except (TypeError, ValueError):
+            raise ValueError(f"sigmas={self.sigmas!r}: expected a sequence of numbers") from None
+        if not sigmas or not all(math.isfinite(s) and s > 0 for s in sigmas) \
+                or any(b <= a for a, b in zip(sigmas, sigmas[1:])):
+            raise ValueError(f"sigmas={self.sigmas!r}: expected positive, strictly increasing noise levels")
+        if not isinstance(self.train, Mapping):
+            raise ValueError(f"train={self.train!r}: expected a mapping of TrainConfig fields")
+        object.__setattr__(self, "sigmas", sigmas)
+        object.__setattr__(self, "train", types.MappingProxyType(dict(self.train)))
+
+
+@dataclass(frozen=True)
+class CellGraph:
+    """One searched cell as a graph (what plots draw).
+
+    Attributes:
+        title: e.g. ``"normal cell"``.
+        nodes: node labels in drawing order (inputs first, output last).
+        edges: ``(src, dst, op)`` triples naming nodes of ``nodes``; ``op=""`` is a plain connection
+            (e.g. a concatenation into the output).
+        inputs: how many of the first ``nodes`` are the cell's inputs (drawn in one column).
+    """
+
+    title: str
+    nodes: List[str]
+    edges: List[Tuple[str, str, str]]
+    inputs: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inputs, bool) or not isinstance(self.inputs, int) or not 1 <= self.inputs <= len(self.nodes):
+            raise ValueError(f"inputs={self.inputs!r}: expected an integer in [1, {len(self.nodes)}] (the leading "
+                             "input nodes)")
+        known = set(self.nodes)
+        if len(known) != len(self.nodes):
+            raise ValueError(f"nodes={self.nodes!r}: expected distinct labels")
+        for e in self.edges:
+            if not (isinstance(e, tuple) and len(e) == 3 and e[0] in known and e[1] in known
+                    and isinstance(e[2], str)):
+                raise ValueError(f"edge {e!r} of cell graph {self.title!r}: expected (src, dst, op) with src "
+                                 f"and dst in {self.nodes}")
+
+
+class BatchedForward:
+    """The protocol of :meth:`Supernet.batched_forward`: many candidates (or weight sets) in one pass.
+
+    ``prepare(archs, weights=None) -> plan`` folds the weights of K candidates (``weights``: K mappings
+    ``parameter name -> tensor`` overriding the supernet's); ``forward(plan, x) -> (K, B, classes)``
+    logits in eval mode; ``choose(x, archs) -> "batched" | "sequential"`` says which is faster on
+    ``x``'s device, by measurement.
+    """
+
+    def prepare(self, archs: Sequence[Arch], weights: Optional[Sequence[Mapping[str, torch.Tensor]]] = None
+                ) -> Any:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def forward(self, plan: Any, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def choose(self, x: torch.Tensor, archs: Sequence[Arch]) -> str:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+def size_keyword(own: str, own_value: Any, generic: str, generic_value: Any, default: Any) -> Any:
+    """The value of a size argument that a constructor takes under its own name and a generic one.
+
+    ``None`` means "not given"; both given and different is a ``ValueError`` naming both.
+    """
+    if own_value is not None and generic_value is not None and own_value != generic_value:
+        raise ValueError(f"{own}={own_value!r} and {generic}={generic_value!r} disagree; {generic} is another "
+                         f"name of {own}: give one of them")
+    if own_value is not None:
+        return own_value
+    return default if generic_value is None else generic_value
 
 
 class Space(abc.ABC):
@@ -83,6 +183,20 @@ class Space(abc.ABC):
         """Constructor arguments, so ``create_space(name, **config())`` rebuilds this space."""
         return {}
 
+    def canonical(self, arch: Arch) -> Arch:
+        """The representative of ``arch``'s isomorphism class (default: ``arch`` itself, validated)."""
+        return self.validate(arch)
+
+    def presets(self, data: Optional[str] = None) -> Presets:
+        """The flatness sigmas and training overrides this space recommends for the dataset ``data``
+        (a dataset name or ``None``); default: GeNAS's NAS-Bench-201 sigmas, no training overrides."""
+        return Presets()
+
+    def cell_graph(self, arch: Arch) -> List[CellGraph]:
+        """The searched cells of ``arch`` as graphs, one per cell kind (default: none; plots then show
+        the text form)."""
+        return []
+
 
 class Supernet(nn.Module):
     """Base class of weight-sharing supernets: ``forward(x, arch)`` runs only the path of ``arch``."""
@@ -92,13 +206,39 @@ class Supernet(nn.Module):
     def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def path_parameters(self, arch: Arch) -> List[str]:
-        """Names (as in ``named_parameters()``, in that order) of the parameters the path of ``arch`` uses."""
+    def path_parameters(self, arch: Arch) -> List[Any]:
+        """The parameters the path of ``arch`` uses, in ``named_parameters()`` order: names (whole
+        tensors) or slices of them (``fastnas.ops.ParamSlice``)."""
         raise NotImplementedError
 
-    def extract(self, arch: Arch) -> nn.Module:
-        """A standalone module with the path's weights copied in; its outputs equal ``forward(x, arch)``."""
+    def extract(self, arch: Arch, *, return_map: bool = False) -> Any:
+        """A standalone module with the path's weights copied in; its outputs equal ``forward(x, arch)``.
+
+        With ``return_map=True``: ``(module, name_map)``, where ``name_map`` maps every parameter name of
+        the module to the supernet parameter (a name, or a slice) it was copied from. Scores use it to
+        perturb the module with the supernet's noise layout.
+        """
         raise NotImplementedError
+
+    def angle_pieces(self, arch: Arch) -> Optional[Counter]:
+        """The pieces of the path's weight vector for the angle score, with multiplicities.
+
+        A piece is ``("param", name)`` (a path parameter or slice) or ``("const", kind, channels)`` (a
+        constant tensor the reference code puts into the vector: ``"pool"``, ``(channels, 3, 3)`` of 1/9;
+        ``"eye"``, the identity ``(channels, channels)``). ``None`` means every path is dropped (angle 0).
+        Default: every path parameter once.
+        """
+        return Counter(("param", p) for p in self.path_parameters(arch))
+
+    def searched_prefixes(self) -> Tuple[str, ...]:
+        """Module-name prefixes (ending in ``"."``) of the searched cells: what flatness perturbs with
+        ``scope="cells"``. Default: none."""
+        return ()
+
+    def batched_forward(self) -> Optional[BatchedForward]:
+        """A :class:`BatchedForward` over this supernet (many candidates or weight sets in one pass), or
+        ``None`` when the space has none (default)."""
+        return None
 
     def export_source(self, arch: Arch, class_name: str = "Network") -> str:
         """Plain PyTorch source of the standalone network of ``arch`` (does not import fastnas)."""
@@ -185,7 +325,12 @@ def list_spaces() -> List[str]:
 
 
 def create_space(name: str, **kwargs: Any) -> Space:
-    """The space registered under ``name``; ``None`` keyword values keep the defaults."""
+    """The space registered under ``name``; ``None`` keyword values keep the defaults.
+
+    Every registered space takes the generic size keywords ``channels``, ``cells``, ``num_classes``,
+    ``in_channels`` and ``resolution`` and maps them onto its own arguments (NB201: ``C``, ``N``; DARTS:
+    ``C``, ``layers``), so a caller need not know the space.
+    """
     if name not in _SPACES:
         hint = did_you_mean(name, list(_SPACES), n=3)
         raise ValueError(f"space={name!r} is not a known space; expected one of {list_spaces()}{hint}")

@@ -26,14 +26,15 @@ import ast
 import keyword
 import numbers
 import random
+from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from fastnas.spaces import darts_ops
-from fastnas.spaces.base import Space, Supernet, register_space
+from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
 from fastnas._hints import did_you_mean
 
@@ -149,25 +150,31 @@ class DARTS(Space):
     """The DARTS CNN search space (CIFAR setting).
 
     Args:
-        C: initial channels of the supernet.
-        layers: cells of the supernet (reduction cells at ``layers // 3`` and ``2 * layers // 3``).
-        num_classes: classifier outputs (supernet and standalone networks).
-        in_channels: image channels.
-        resolution: input height and width used by :meth:`flops`.
+        C: initial channels of the supernet; default 16.
+        layers: cells of the supernet (reduction cells at ``layers // 3`` and ``2 * layers // 3``);
+            default 8.
+        num_classes: classifier outputs (supernet and standalone networks); default 10.
+        in_channels: image channels; default 3.
+        resolution: input height and width used by :meth:`flops`; default 32.
         steps: intermediate nodes per cell (4 in DARTS).
         multiplier: intermediate nodes concatenated into the cell output (the last ``multiplier``).
         stem_multiplier: stem width as a multiple of the initial channels.
+        channels, cells: the generic names of ``C`` and ``layers`` (see :func:`~fastnas.spaces.create_space`).
+
+    ``None`` keeps a default.
     """
 
     name = "darts"
 
-    def __init__(self, C: int = 16, layers: int = 8, num_classes: int = 10, in_channels: int = 3,
-                 resolution: int = 32, steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3) -> None:
-        self.C = _check_positive("C", C)
-        self.layers = _check_positive("layers", layers)
-        self.num_classes = _check_positive("num_classes", num_classes)
-        self.in_channels = _check_positive("in_channels", in_channels)
-        self.resolution = _check_positive("resolution", resolution)
+    def __init__(self, C: Optional[int] = None, layers: Optional[int] = None, num_classes: Optional[int] = None,
+                 in_channels: Optional[int] = None, resolution: Optional[int] = None, steps: int = 4,
+                 multiplier: int = 4, stem_multiplier: int = 3, *, channels: Optional[int] = None,
+                 cells: Optional[int] = None) -> None:
+        self.C = _check_positive("C", size_keyword("C", C, "channels", channels, 16))
+        self.layers = _check_positive("layers", size_keyword("layers", layers, "cells", cells, 8))
+        self.num_classes = _check_positive("num_classes", 10 if num_classes is None else num_classes)
+        self.in_channels = _check_positive("in_channels", 3 if in_channels is None else in_channels)
+        self.resolution = _check_positive("resolution", 32 if resolution is None else resolution)
         self.steps = _check_positive("steps", steps)
         self.multiplier = _check_positive("multiplier", multiplier)
         self.stem_multiplier = _check_positive("stem_multiplier", stem_multiplier)
@@ -321,6 +328,27 @@ class DARTS(Space):
             return out
 
         return self.validate(Genotype(mix(ga.normal, gb.normal), self.concat, mix(ga.reduce, gb.reduce), self.concat))
+
+    # -- presets and plots -------------------------------------------------------------------------
+
+    def presets(self, data: Optional[str] = None) -> Presets:
+        """GeNAS's DARTS sigmas: (1e-3, 3e-3, 6e-3) when ``data`` names CIFAR-100, else the CIFAR-10
+        ones (1e-5, 5e-5, 1e-4); no training overrides."""
+        if data is not None and "cifar100" in str(data).lower():
+            return Presets(sigmas=(1e-3, 3e-3, 6e-3))
+        return Presets(sigmas=(1e-5, 5e-5, 1e-4))
+
+    def cell_graph(self, arch: Any) -> List[CellGraph]:
+        """The normal and the reduction cell: inputs ``k-2``, ``k-1``, nodes ``0 ..``, ``out`` (the concat)."""
+        g = self.validate(arch)
+        labels = ["k-2", "k-1"] + [str(k) for k in range(self.steps)] + ["out"]
+        graphs = []
+        for title, cell, concat in (("normal cell", g.normal, g.normal_concat),
+                                    ("reduction cell", g.reduce, g.reduce_concat)):
+            edges = [(labels[j], labels[2 + e // 2], op) for e, (op, j) in enumerate(cell)]
+            edges += [(labels[k], "out", "") for k in concat]
+            graphs.append(CellGraph(title, list(labels), edges, inputs=2))
+        return graphs
 
     # -- size and cost -----------------------------------------------------------------------------
 
@@ -480,23 +508,80 @@ class DARTSSupernet(Supernet):
                             in_channels=self.space.in_channels, stem_multiplier=self.space.stem_multiplier,
                             affine=False, pool_bn=True)
 
-    def extract(self, arch: Any) -> NetworkCIFAR:
+    def _extract_pairs(self, g: Genotype) -> List[Tuple[str, str]]:
+        """(module of the extracted network, module of the supernet) whose states are copied."""
+        pairs = [("stem", "stem")]
+        for i, cell in enumerate(self.cells):
+            pairs += [(f"cells.{i}.preprocess0", f"cells.{i}.preprocess0"),
+                      (f"cells.{i}.preprocess1", f"cells.{i}.preprocess1")]
+            for e, (op, j) in enumerate(g.reduce if cell.reduction else g.normal):
+                pairs.append((f"cells.{i}.ops.{e}", f"cells.{i}.edges.{cell.edge_index(e // 2, j)}.{op}"))
+        pairs.append(("classifier", "classifier"))
+        return pairs
+
+    def extract(self, arch: Any, *, return_map: bool = False):
         """A ``NetworkCIFAR`` (supernet conventions: non-affine cell BN, BN after pooling) with this
-        path's weights and BN statistics copied in; same device, dtype and train/eval mode."""
+        path's weights and BN statistics copied in; same device, dtype and train/eval mode.
+
+        With ``return_map=True``: ``(net, name_map)``; ``name_map`` maps each parameter of ``net`` to the
+        supernet's: ``cells.{i}.ops.{e}.rest`` -> ``cells.{i}.edges.{edge_index}.{op}.rest``, the same name
+        elsewhere.
+        """
         g = self.space.validate(arch)
         ref = self.classifier.weight
         net = self._standalone(g).to(device=ref.device, dtype=ref.dtype)
+        name_map: Dict[str, str] = {}
         with torch.no_grad():
-            net.stem.load_state_dict(self.stem.state_dict())
-            for cell, src in zip(net.cells, self.cells):
-                cell.preprocess0.load_state_dict(src.preprocess0.state_dict())
-                cell.preprocess1.load_state_dict(src.preprocess1.state_dict())
-                edges = g.reduce if src.reduction else g.normal
-                for e, (op, j) in enumerate(edges):
-                    cell.ops[e].load_state_dict(src.edges[src.edge_index(e // 2, j)][op].state_dict())
-            net.classifier.load_state_dict(self.classifier.state_dict())
+            for dst, src in self._extract_pairs(g):
+                module = net.get_submodule(dst)
+                module.load_state_dict(self.get_submodule(src).state_dict())
+                name_map.update({f"{dst}.{n}": f"{src}.{n}" for n, _ in module.named_parameters()})
         net.train(self.training)
-        return net
+        return (net, name_map) if return_map else net
+
+    def searched_prefixes(self) -> Tuple[str, ...]:
+        """``cells.{i}.`` of every cell (preprocessing included)."""
+        return tuple(f"cells.{i}." for i in range(len(self.cells)))
+
+    def angle_pieces(self, arch: Any) -> Counter:
+        """The RLNAS angle vector of ``arch`` (see its code, REFERENCES.md).
+
+        Per cell the paths from a cell input (0 or 1) to an intermediate node (30 for 4 steps); an edge the
+        genotype does not have drops the path. ``sep_conv``/``dil_conv`` contribute all their parameters
+        (convolutions, and BatchNorm affine pairs where the BN is affine), pooling a constant ``(C, 3, 3)``
+        tensor of 1/9 plus its BatchNorm's parameters, ``skip_connect`` an identity ``eye(C)`` (stride 1) or
+        its FactorizedReduce parameters (stride 2). Fixed parts: the stem, the preprocessing of every cell,
+        the classifier weight. An edge on several paths counts once per path.
+        """
+        g = self.space.validate(arch)
+        paths = _angle_paths(self.space.steps)
+        pieces: Counter = Counter()
+
+        def add_params(module: nn.Module, prefix: str) -> None:
+            for name, _ in module.named_parameters():
+                pieces[("param", f"{prefix}{name}")] += 1
+
+        add_params(self.stem, "stem.")
+        for i, cell in enumerate(self.cells):
+            for pre in ("preprocess0", "preprocess1"):
+                add_params(getattr(cell, pre), f"cells.{i}.{pre}.")
+            genes = g.reduce if cell.reduction else g.normal
+            ops = {(j, 2 + e // 2): op for e, (op, j) in enumerate(genes)}  # (input j, node n) -> op
+            for path in paths:
+                hops = [(path[t - 1], path[t]) for t in range(1, len(path))]
+                if any(h not in ops for h in hops):
+                    continue
+                for j, n in hops:
+                    op = ops[(j, n)]
+                    e = cell.edge_index(n - 2, j)
+                    module = cell.edges[e][op]
+                    if op in ("max_pool_3x3", "avg_pool_3x3"):
+                        pieces[("const", "pool", cell.C)] += 1
+                    elif op == "skip_connect" and not isinstance(module, FactorizedReduce):
+                        pieces[("const", "eye", cell.C)] += 1
+                    add_params(module, f"cells.{i}.edges.{e}.{op}.")
+        pieces[("param", "classifier.weight")] += 1
+        return pieces
 
     def export_source(self, arch: Any, class_name: str = "Network") -> str:
         """Python source of the network :meth:`extract` returns, genotype baked in; imports only torch
@@ -531,6 +616,21 @@ class DARTSSupernet(Supernet):
             f"                         drop_path_prob=drop_path_prob)\n\n\n"
             f"__all__ = [*__all__, \"Genotype\", \"GENOTYPE\", {class_name!r}]\n"
         )
+
+
+def _angle_paths(steps: int) -> List[Tuple[int, ...]]:
+    """Every path from a cell input (0 or 1) to an intermediate node (2 .. steps + 1); 30 for 4 steps."""
+    out: List[Tuple[int, ...]] = []
+
+    def walk(path: Tuple[int, ...]) -> None:
+        for nxt in range(max(path[-1] + 1, 2), steps + 2):
+            p = path + (nxt,)
+            out.append(p)
+            walk(p)
+
+    for start in (0, 1):
+        walk((start,))
+    return out
 
 
 def _canonical(normal: Sequence[Edge], reduce: Sequence[Edge]) -> Genotype:

@@ -22,17 +22,18 @@ import itertools
 import keyword
 import random
 import re
+from collections import Counter
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from fastnas.spaces.base import Space, Supernet, register_space
+from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.nb201_ops import (
     EDGES, OPS, Cell, NB201Network, ReLUConvBN, ResidualBlock, SuperCell, Zero, make_op,
 )
 
-__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS"]
+__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS", "ANGLE_PATHS"]
 
 Arch = Tuple[str, str, str, str, str, str]
 
@@ -64,26 +65,30 @@ class NB201(Space):
     """NAS-Bench-201: 5 ops on the 6 edges of a 4-node cell, 5**6 = 15,625 architectures.
 
     Args:
-        C: channels of the first stage (stages have C, 2C, 4C channels).
-        N: cells per stage.
-        num_classes: classifier outputs (CIFAR-10: 10, CIFAR-100: 100, ImageNet16-120: 120).
-        in_channels: input image channels.
+        C: channels of the first stage (stages have C, 2C, 4C channels); default 16.
+        N: cells per stage; default 5.
+        num_classes: classifier outputs (CIFAR-10: 10, CIFAR-100: 100, ImageNet16-120: 120); default 10.
+        in_channels: input image channels; default 3.
         resolution: input height = width, used by :meth:`flops` (CIFAR: 32, ImageNet16-120: 16); a
-            multiple of 4 (two stride-2 reductions).
+            multiple of 4 (two stride-2 reductions); default 32.
+        channels, cells: the generic names of ``C`` and ``N`` (see :func:`~fastnas.spaces.create_space`).
+
+    ``None`` keeps a default.
     """
 
     name = "nb201"
     ops = OPS
     edges = EDGES
 
-    def __init__(self, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3,
-                 resolution: int = 32):
-        self.C = _positive_int("C", C)
-        self.N = _positive_int("N", N)
-        self.num_classes = _positive_int("num_classes", num_classes)
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.resolution = _positive_int("resolution", resolution)
-        if resolution % 4:
+    def __init__(self, C: Optional[int] = None, N: Optional[int] = None, num_classes: Optional[int] = None,
+                 in_channels: Optional[int] = None, resolution: Optional[int] = None, *,
+                 channels: Optional[int] = None, cells: Optional[int] = None):
+        self.C = _positive_int("C", size_keyword("C", C, "channels", channels, 16))
+        self.N = _positive_int("N", size_keyword("N", N, "cells", cells, 5))
+        self.num_classes = _positive_int("num_classes", 10 if num_classes is None else num_classes)
+        self.in_channels = _positive_int("in_channels", 3 if in_channels is None else in_channels)
+        self.resolution = _positive_int("resolution", 32 if resolution is None else resolution)
+        if self.resolution % 4:
             raise ValueError(f"resolution={resolution!r}: expected a multiple of 4 (two stride-2 stages)")
         self._costs = {conv: self._cost_model(conv) for conv in FLOPS_CONVENTIONS}
 
@@ -188,6 +193,19 @@ class NB201(Space):
         """
         a = self.validate(arch)
         return _canonical_table()[a]
+
+    # ---- presets and plots
+
+    def presets(self, data: Optional[str] = None) -> Presets:
+        """GeNAS's NAS-Bench-201 sigmas (2e-3, 1e-2, 2e-2) for every dataset; no training overrides."""
+        return Presets(sigmas=(2e-3, 1e-2, 2e-2))
+
+    def cell_graph(self, arch: Arch) -> List[CellGraph]:
+        """The one cell: nodes ``in, 1, 2, out``, an edge per non-``none`` op; titled by the text form."""
+        a = self.validate(arch)
+        labels = ("in", "1", "2", "out")
+        edges = [(labels[src], labels[to], op) for (to, src), op in zip(EDGES, a) if op != "none"]
+        return [CellGraph(self.format(a), list(labels), edges)]
 
     # ---- cost
 
@@ -295,6 +313,9 @@ def _canonical_table() -> Dict[Arch, Arch]:
 _EXPORTED = (ReLUConvBN, Zero, make_op, Cell, ResidualBlock, NB201Network)
 _EDGE_KEY = re.compile(r"^cells\.(\d+)\.edges\.(\d+)\.")
 
+#: The input-to-output paths through the 4-node cell (node indices) of the RLNAS angle, as in its code.
+ANGLE_PATHS = ((0, 3), (0, 2, 3), (0, 1, 2, 3), (0, 1, 3))
+
 
 class NB201Supernet(Supernet):
     """NAS-Bench-201 supernet: every candidate op's weights on every edge of every cell.
@@ -363,9 +384,14 @@ class NB201Supernet(Supernet):
             return f"{key[:m.end()]}{arch[int(m.group(2))]}.{key[m.end():]}"
         return key
 
-    def extract(self, arch: Arch) -> nn.Module:
+    def extract(self, arch: Arch, *, return_map: bool = False):
         """The standalone :class:`NB201Network` of ``arch`` (``affine_cells`` as this supernet) with the
-        path's weights and BatchNorm statistics copied; same device, dtype and train/eval mode."""
+        path's weights and BatchNorm statistics copied; same device, dtype and train/eval mode.
+
+        With ``return_map=True``: ``(net, name_map)``; ``name_map`` maps each parameter of ``net`` to the
+        supernet's: ``cells.{i}.edges.{k}.rest`` -> ``cells.{i}.edges.{k}.{op}.rest`` in search cells, the
+        same name elsewhere.
+        """
         a = self.space.validate(arch)
         s = self.space
         net = NB201Network(a, s.C, s.N, s.num_classes, s.in_channels, affine_cells=self.affine_cells)
@@ -373,7 +399,58 @@ class NB201Supernet(Supernet):
         net.to(device=ref.device, dtype=ref.dtype)
         source = self.state_dict()
         net.load_state_dict({key: source[self._supernet_key(key, a)] for key in net.state_dict()})
-        return net.train(self.training)
+        net.train(self.training)
+        if not return_map:
+            return net
+        return net, {name: self._supernet_key(name, a) for name, _ in net.named_parameters()}
+
+    def _search_cells(self) -> List[int]:
+        return [i for i, c in enumerate(self.cells) if isinstance(c, SuperCell)]
+
+    def searched_prefixes(self) -> Tuple[str, ...]:
+        """``cells.{i}.`` of the search cells (the residual blocks are not searched)."""
+        return tuple(f"cells.{i}." for i in self._search_cells())
+
+    def batched_forward(self):
+        """The mixed-op forward :class:`~fastnas.spaces.nb201_batched.BatchedNB201` over this supernet."""
+        from fastnas.spaces.nb201_batched import BatchedNB201
+
+        return BatchedNB201(self)
+
+    def angle_pieces(self, arch: Arch) -> Optional[Counter]:
+        """The RLNAS angle vector of ``arch`` (see its code, REFERENCES.md).
+
+        For each input-to-output path of :data:`ANGLE_PATHS` in every search cell, the weights along the
+        path: a convolution op its conv weight, ``avg_pool_3x3`` a constant ``(C, 3, 3)`` tensor of 1/9,
+        ``skip_connect`` nothing; a ``none`` edge drops the path (in every cell). Fixed parts: every
+        parameter outside the search cells (stem, residual blocks, final BatchNorm, classifier). An edge on
+        several paths counts once per path. ``None`` when every path is dropped.
+        """
+        a = self.space.validate(arch)
+        edge_of = {(to, src): k for k, (to, src) in enumerate(EDGES)}
+        cell_ids = self._search_cells()
+        pieces: Counter = Counter()
+        kept = 0
+        for path in ANGLE_PATHS:
+            edges = [edge_of[(path[t], path[t - 1])] for t in range(1, len(path))]
+            if any(a[k] == "none" for k in edges):
+                continue
+            kept += 1
+            for i in cell_ids:
+                for k in edges:
+                    op = a[k]
+                    if op in ("nor_conv_1x1", "nor_conv_3x3"):
+                        pieces[("param", f"cells.{i}.edges.{k}.{op}.1.weight")] += 1
+                    elif op == "avg_pool_3x3":
+                        c = self.cells[i].edges[k]["nor_conv_3x3"][1].weight.shape[0]
+                        pieces[("const", "pool", c)] += 1
+        if kept == 0:
+            return None
+        cell_prefixes = self.searched_prefixes()
+        for name, _ in self.named_parameters():
+            if not name.startswith(cell_prefixes):
+                pieces[("param", name)] += 1
+        return pieces
 
     def export_source(self, arch: Arch, class_name: str = "Network") -> str:
         """Plain PyTorch source (imports only torch) defining ``class_name`` with ``arch`` baked in; its

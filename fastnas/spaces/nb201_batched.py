@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
+from fastnas.spaces.base import BatchedForward
 from fastnas.spaces.nb201_ops import EDGES, ResidualBlock, SuperCell
 
 __all__ = ["BatchedNB201", "BatchedPlan", "choose_forward", "choices"]
@@ -49,7 +50,7 @@ class BatchedPlan:
     archs: List[tuple] = field(default_factory=list)
 
 
-class BatchedNB201:
+class BatchedNB201(BatchedForward):
     """Evaluates K candidates of an :class:`~fastnas.spaces.nb201.NB201Supernet` in one pass (eval mode).
 
     Example::
@@ -206,6 +207,10 @@ class BatchedNB201:
 
     def __call__(self, x: torch.Tensor, archs: Sequence, weights=None) -> torch.Tensor:
         return self.forward(self.prepare(archs, weights), x)
+
+    def choose(self, x: torch.Tensor, archs: Sequence, repeat: int = 3) -> str:
+        """``"batched"`` or ``"sequential"``, by measurement: :func:`choose_forward` on this supernet."""
+        return choose_forward(self.supernet, x, archs, repeat=repeat)
 
 
 # ---- per-device choice by measurement ----------------------------------------------------------

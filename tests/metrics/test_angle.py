@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -79,3 +80,62 @@ def test_angle_bad_initial_state():
         angle(sn, ("nor_conv_3x3",) * 6, [1, 2])
     with pytest.raises(ValueError, match="no entry"):
         angle(sn, ("nor_conv_3x3",) * 6, {})
+
+
+def _tiny():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spaces"))
+    from _tiny_space import TinySpace
+
+    torch.manual_seed(0)
+    return TinySpace().supernet()
+
+
+def test_space_without_own_vector_uses_path_parameters():
+    sn = _tiny()
+    init = _moved(sn)
+    arch = ("conv3x3", "conv1x1", "conv3x3")
+    path = sn.path_parameters(arch)
+    assert angle_pieces(sn, arch) == angle_pieces(sn, arch, "params") == {("param", n): 1 for n in path}
+    with pytest.raises(NotImplementedError, match="convention='rlnas'.*'tiny'"):
+        angle(sn, arch, init, convention="rlnas")
+    now = dict(sn.named_parameters())
+    a = torch.cat([init[n].reshape(-1) for n in path]).double()
+    b = torch.cat([now[n].detach().reshape(-1) for n in path]).double()
+    want = math.acos(float(a @ b / a.norm() / b.norm())) / math.pi
+    assert angle(sn, arch, init) == pytest.approx(want, rel=1e-9)
+
+
+class _Box:
+    """A slice of a parameter as a path entry (the ``ParamSlice`` protocol: ``name`` and ``view``)."""
+
+    def __init__(self, name, rows):
+        self.name, self.rows = name, rows
+
+    def view(self, t):
+        return t[:self.rows]
+
+    def __hash__(self):
+        return hash((self.name, self.rows))
+
+    def __eq__(self, other):
+        return isinstance(other, _Box) and (self.name, self.rows) == (other.name, other.rows)
+
+
+def test_slice_pieces_use_the_box_only():
+    sn = _tiny()
+    init = _moved(sn)
+
+    class Sliced(type(sn)):
+        def angle_pieces(self, arch):
+            return Counter({("param", _Box("classifier.weight", 2)): 1, ("param", "classifier.bias"): 1})
+
+    sliced = Sliced(sn.space)
+    sliced.load_state_dict(sn.state_dict())
+    w0, b0 = init["classifier.weight"][:2].reshape(-1), init["classifier.bias"]
+    w1, b1 = sn.classifier.weight.detach()[:2].reshape(-1), sn.classifier.bias.detach()
+    a, b = torch.cat([w0, b0]).double(), torch.cat([w1, b1]).double()
+    want = math.acos(float(a @ b / a.norm() / b.norm())) / math.pi
+    assert angle(sliced, ("conv3x3",) * 3, init) == pytest.approx(want, rel=1e-9)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import math
 import random
 
@@ -205,6 +206,102 @@ def test_scope_cells_perturbs_only_cells():
     assert ev2.evaluate(ARCH).mean_losses == pytest.approx(ev.evaluate(ARCH).mean_losses, rel=1e-4)
 
 
+def test_route_and_reason_are_reported():
+    sn = _nb201()
+    x, y = _images()
+    ev = MultiSigmaEvaluator(sn, x, y, sigmas=(0.1,))
+    ev.evaluate(ARCH)
+    r = ev.report()
+    assert r["route"] == r["path"] == "extracted"
+    assert "name map" in r["route_reason"] and "CPU" in r["route_reason"]
+    ev = MultiSigmaEvaluator(sn, x, y, sigmas=(0.1,), extract=False, batched=False)
+    ev.evaluate(ARCH)
+    assert ev.report()["route"] == "supernet" and ev.report()["route_reason"] == "batched=False; extract=False"
+    ev = MultiSigmaEvaluator(nn.Linear(5, 3), *_linear_data(), sigmas=(0.1,))
+    ev.evaluate()
+    assert ev.report()["route"] == "model" and ev.report()["route_reason"] == "a plain module"
+
+
+class _NoMapSupernet(nn.Module):
+    """A supernet whose extract() predates name maps: the slower supernet route runs, and says why."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.space = inner.space
+
+    def forward(self, x, arch):
+        return self.inner(x, arch)
+
+    def path_parameters(self, arch):
+        return ["inner." + n for n in self.inner.path_parameters(arch)]
+
+    def recalibrate(self, arch, batches, mode="exact"):
+        return self.inner.recalibrate(arch, batches, mode=mode)
+
+    def extract(self, arch):
+        return self.inner.extract(arch)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_missing_name_map_is_reported_not_silent():
+    sn = _nb201()
+    x, y = _images()
+    wrapped = _NoMapSupernet(sn)
+    ev = MultiSigmaEvaluator(wrapped, x, y, sigmas=(0.01, 0.1))
+    # our own handler (the CLI may have configured the "fastnas" logger in this process)
+    log, records = logging.getLogger("fastnas.metrics.evaluator"), _Records()
+    log.addHandler(records)
+    propagate, log.propagate = log.propagate, False
+    try:
+        got = ev.evaluate(ARCH).mean_losses
+    finally:
+        log.removeHandler(records)
+        log.propagate = propagate
+    r = ev.report()
+    assert r["route"] == "supernet" and "no name map" in r["route_reason"]
+    assert any("no name map" in m for m in records.messages)
+    want = MultiSigmaEvaluator(sn, x, y, sigmas=(0.01, 0.1)).evaluate(ARCH).mean_losses
+    assert list(got) == pytest.approx(list(want), rel=1e-4)  # same noise: the layout keys agree
+
+
+class _WrongMapSupernet(type(_nb201())):
+    def extract(self, arch, *, return_map=False):
+        net, name_map = super().extract(arch, return_map=True)
+        a, b = "classifier.weight", "stem.0.weight"
+        name_map[a], name_map[b] = name_map[b], name_map[a]
+        return (net, name_map) if return_map else net
+
+
+def test_wrong_name_map_is_an_error():
+    torch.manual_seed(0)
+    sn = _WrongMapSupernet(NB201(C=4, N=1, resolution=8))
+    x, y = _images()
+    with pytest.raises(ValueError, match="whose values differ"):
+        MultiSigmaEvaluator(sn, x, y, sigmas=(0.1,)).evaluate(ARCH)
+
+
+def test_unusable_route_choices_are_errors():
+    x, y = _images()
+    tiny = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    torch.manual_seed(0)
+    darts = DARTS(C=4, layers=3, resolution=8).supernet()
+    with pytest.raises(ValueError, match="batched=True: DARTSSupernet has no batched forward"):
+        MultiSigmaEvaluator(darts, x, y, sigmas=(0.1,), batched=True)
+    with pytest.raises(ValueError, match="batched=True: noise='cumulative'"):
+        MultiSigmaEvaluator(_nb201(), x, y, sigmas=(0.1,), batched=True, noise="cumulative")
+    with pytest.raises(ValueError, match="scope='cells'.*names no searched cells"):
+        MultiSigmaEvaluator(tiny, x, y, sigmas=(0.1,), scope="cells")
+
+
 def test_supernet_state_untouched_and_recalibration():
     sn = _nb201()
     x, y = _images()
@@ -245,6 +342,21 @@ def test_config_roundtrip_presets_and_validation():
         FlatnessConfig(noise="shard")
     with pytest.raises(ValueError, match="preset"):
         FlatnessConfig.preset("nb2011x")
+
+
+def test_presets_are_the_spaces():
+    # GeNAS's sigmas (NB201: its Table 5; DARTS: CIFAR-10 and CIFAR-100), looked up through the spaces
+    assert PRESETS["darts-cifar100"] == (1e-3, 3e-3, 6e-3) == DARTS().presets("cifar100").sigmas
+    assert PRESETS["darts"] == PRESETS["darts-mnist"] == (1e-5, 5e-5, 1e-4)
+    assert PRESETS["nb201-cifar100"] == PRESETS["nb201"] == NB201().presets().sigmas
+    assert "darts-cifar10" in PRESETS and "nb201" in list(PRESETS) and "nb2011x" not in PRESETS
+    with pytest.raises(KeyError):
+        PRESETS["darts-"]
+    # supernet_flatness without a config uses the space's sigmas
+    torch.manual_seed(0)
+    sn = DARTS(C=4, layers=3, resolution=8).supernet()
+    x, y = _images(8)
+    assert supernet_flatness(sn, DARTS_V2, x, y).sigmas == (1e-5, 5e-5, 1e-4)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -334,3 +446,19 @@ def test_batched_route_equals_in_place_route(noise):
     assert _bytes(sn) == before
     with pytest.raises(ValueError, match="batched="):
         MultiSigmaEvaluator(sn, x, y, batched="yes")
+
+
+def test_auto_batched_choice_is_measured_off_cpu():
+    """On a GPU, batched='auto' asks the space's batched forward which is faster (measured here on CPU by
+    pretending the evaluator's device is not a CPU; only the choice is checked)."""
+    from fastnas.spaces.nb201_batched import choices
+
+    sn = _nb201()
+    x, y = _images()
+    ev = MultiSigmaEvaluator(sn, x, y, sigmas=(0.01, 0.1), batched="auto")
+    assert ev._use_batched(ARCH) == (False, "batched='auto' never batches on CPU (measured slower there)")
+    ev.device = torch.device("cuda")  # the choice only; nothing is run on that device
+    use, reason = ev._use_batched(ARCH)
+    choice = "batched" if use else "sequential"
+    assert reason == f"batched='auto': the batched forward measured {choice} faster on cuda"
+    assert any(c["k"] == 2 and c["choice"] == choice for c in choices())
