@@ -13,11 +13,34 @@ The text form is DARTS's ``repr`` of a genotype::
 
 (``range(2, 6)`` is accepted for the concat lists, as printed by DARTS's search code).
 
-The supernet (:class:`DARTSSupernet`) uses DARTS's search-network conventions: every BN inside the cells is
-non-affine and pooling ops are followed by BN(affine=False) (``MixedOp``); one normal genotype is shared
-by all normal cells and one reduction genotype by the reduction cells. ``build`` returns the DARTS
-evaluation network (affine BN, no BN after pooling, optional auxiliary head and drop-path), whose size
-``params`` and cost ``flops`` report.
+The supernet (:class:`DARTSSupernet`) follows GeNAS's (``train_supernet/super_model.py``, copied from
+RLNAS): every candidate op on every edge, pooling ops followed by a BN (``MixedOp``), one normal genotype
+shared by all normal cells and one reduction genotype by the reduction cells. ``build`` returns the DARTS
+evaluation network (affine BN, no BN after pooling, optional auxiliary head and drop-path) at the space's
+own ``C`` and ``layers``; ``params`` and ``flops`` count exactly that network (DARTS's benchmark size,
+36 channels and 20 cells, is ``params(arch, C=36, layers=20)``).
+
+Fidelity to the reference code (clovaai/GeNAS), and the options that keep the other behaviour:
+
+* ``affine=True`` (default): the supernet's cell ops, the BNs after pooling and the cells' preprocessing
+  have affine BNs, as in GeNAS's ``train_supernet/super_model.py`` and ``evolution_search/super_model.py``
+  (``MixedOp``: ``OPS[primitive](C, stride, True)`` and ``BatchNorm2d(C, affine=True)`` after pooling;
+  ``Cell``: ``preprocess0/1`` with ``affine=True``). So "perturb everything" and the angle see those
+  parameters. ``affine=False`` is DARTS's own search network (``model_search.py``: ``affine=False``
+  everywhere in the cells), fastnas's behaviour before this option.
+* ``operators="genas"`` (default): :meth:`DARTS.mutate` re-draws only the normal cell, as GeNAS's
+  ``evolution_search/search.py`` ``EvolutionTrainer.get_mutation`` does (it mutates the first
+  ``config.edges`` genes): each of the cell's edges (``(k + 2)`` per node, ``none`` where the genotype has
+  none) becomes, with probability ``prob``, a uniform draw from all 8 primitives (``none`` included, the
+  old op possible); then every node is repaired to two non-``none`` inputs as ``utils.check_cand`` does
+  (surplus inputs chosen uniformly become ``none``; missing ones are chosen uniformly among the ``none``
+  edges and get a uniform non-``none`` op). The reduction cell is kept. :meth:`DARTS.crossover` takes
+  each edge of both cells from either parent (``get_crossover``), then repairs both cells the same way.
+  ``operators="pairs"`` is fastnas's earlier behaviour: every ``(op, input)`` pair of both cells re-drawn
+  with probability ``prob``, crossover by whole nodes.
+* Not matched: :meth:`DARTS.sample` draws two distinct inputs and uniform non-``none`` ops per node, while
+  GeNAS's ``random_can`` draws every edge's op uniformly from all 8 primitives and repairs (a different
+  distribution over the same genotypes).
 """
 
 from __future__ import annotations
@@ -38,12 +61,15 @@ from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_sp
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
 from fastnas._hints import did_you_mean
 
-__all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "DARTS_V1", "DARTS_V2"]
+__all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "OPERATORS", "DARTS_V1", "DARTS_V2"]
 
 Edge = Tuple[str, int]
 
 # The operations a genotype may use: every primitive but ``none`` (GeNAS samples non-``none`` edges).
 OPS: Tuple[str, ...] = tuple(p for p in PRIMITIVES if p != "none")
+
+#: ``DARTS(operators=...)``: ``"genas"`` (GeNAS's mutation and crossover) or ``"pairs"`` (earlier fastnas).
+OPERATORS: Tuple[str, ...] = ("genas", "pairs")
 
 
 class Genotype(NamedTuple):
@@ -160,6 +186,10 @@ class DARTS(Space):
         multiplier: intermediate nodes concatenated into the cell output (the last ``multiplier``).
         stem_multiplier: stem width as a multiple of the initial channels.
         channels, cells: the generic names of ``C`` and ``layers`` (see :func:`~fastnas.spaces.create_space`).
+        affine: affine BNs in the supernet's cells (ops, BN after pooling, preprocessing), as GeNAS;
+            ``False``: DARTS's non-affine search cells. ``build`` is always affine.
+        operators: ``"genas"`` (mutate the normal cell and repair; edge-wise crossover and repair) or
+            ``"pairs"``; see the module docstring.
 
     ``None`` keeps a default.
     """
@@ -168,8 +198,8 @@ class DARTS(Space):
 
     def __init__(self, C: Optional[int] = None, layers: Optional[int] = None, num_classes: Optional[int] = None,
                  in_channels: Optional[int] = None, resolution: Optional[int] = None, steps: int = 4,
-                 multiplier: int = 4, stem_multiplier: int = 3, *, channels: Optional[int] = None,
-                 cells: Optional[int] = None) -> None:
+                 multiplier: int = 4, stem_multiplier: int = 3, affine: bool = True, operators: str = "genas", *,
+                 channels: Optional[int] = None, cells: Optional[int] = None) -> None:
         self.C = _check_positive("C", size_keyword("C", C, "channels", channels, 16))
         self.layers = _check_positive("layers", size_keyword("layers", layers, "cells", cells, 8))
         self.num_classes = _check_positive("num_classes", 10 if num_classes is None else num_classes)
@@ -181,11 +211,18 @@ class DARTS(Space):
         if multiplier > steps:
             raise ValueError(f"multiplier={multiplier}: expected at most steps={steps}")
         self.concat: Tuple[int, ...] = tuple(range(2 + steps - multiplier, 2 + steps))
+        if not isinstance(affine, bool):
+            raise ValueError(f"affine={affine!r}: expected True or False")
+        self.affine = affine
+        if operators not in OPERATORS:
+            raise ValueError(f"operators={operators!r}: expected one of {list(OPERATORS)}"
+                             f"{did_you_mean(str(operators), OPERATORS, n=2)}")
+        self.operators = operators
 
     def config(self) -> Dict[str, Any]:
         return dict(C=self.C, layers=self.layers, num_classes=self.num_classes, in_channels=self.in_channels,
                     resolution=self.resolution, steps=self.steps, multiplier=self.multiplier,
-                    stem_multiplier=self.stem_multiplier)
+                    stem_multiplier=self.stem_multiplier, affine=self.affine, operators=self.operators)
 
     def __repr__(self) -> str:
         return f"DARTS({', '.join(f'{k}={v}' for k, v in self.config().items())})"
@@ -308,17 +345,63 @@ class DARTS(Space):
                     out[idx] = (rng.choice(OPS), j)
         return out
 
+    def _edge_ops(self, edges: Sequence[Edge]) -> List[str]:
+        """The cell as one op per supernet edge (``_SearchCell.edge_index`` order), ``none`` where absent."""
+        ops = ["none"] * (self.steps * (self.steps + 3) // 2)
+        for e, (op, j) in enumerate(edges):
+            ops[_SearchCell.edge_index(e // 2, j)] = op
+        return ops
+
+    def _repair(self, ops: List[str], rng: random.Random) -> Tuple[Edge, ...]:
+        """Every node brought to exactly two non-``none`` inputs, as GeNAS's ``utils.check_cand``."""
+        edges: List[Edge] = []
+        for k in range(self.steps):
+            first = _SearchCell.edge_index(k, 0)
+            idx = range(first, first + k + 2)
+            live = [i for i in idx if ops[i] != "none"]
+            if len(live) > 2:
+                for i in rng.sample(live, len(live) - 2):
+                    ops[i] = "none"
+            elif len(live) < 2:
+                for i in rng.sample([i for i in idx if ops[i] == "none"], 2 - len(live)):
+                    ops[i] = rng.choice(OPS)
+            edges.extend((ops[i], i - first) for i in idx if ops[i] != "none")
+        return tuple(edges)
+
     def mutate(self, arch: Any, prob: float, rng: random.Random) -> Genotype:
-        """Each ``(op, input)`` edge re-drawn with probability ``prob`` (input distinct from the node's other edge)."""
+        """A mutant of ``arch`` (``operators="genas"``: the normal cell only, see the module docstring).
+
+        ``"genas"``: each edge of the normal cell set, with probability ``prob``, to a uniform primitive
+        (``none`` included), then the cell repaired; the reduction cell is kept. ``"pairs"``: each
+        ``(op, input)`` pair of both cells re-drawn with probability ``prob`` (input distinct from the
+        node's other edge).
+        """
         if isinstance(prob, bool) or not isinstance(prob, (int, float)) or not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob={prob!r}: expected a probability in [0, 1]")
         g = self.validate(arch)
+        if self.operators == "genas":
+            ops = self._edge_ops(g.normal)
+            for i in range(len(ops)):
+                if rng.random() < prob:
+                    ops[i] = rng.choice(PRIMITIVES)
+            return self.validate(Genotype(self._repair(ops, rng), g.normal_concat, g.reduce, g.reduce_concat))
         return self.validate(Genotype(self._mutate_cell(g.normal, prob, rng), g.normal_concat,
                                       self._mutate_cell(g.reduce, prob, rng), g.reduce_concat))
 
     def crossover(self, a: Any, b: Any, rng: random.Random) -> Genotype:
-        """Each node's pair of edges taken from ``a`` or ``b`` with probability 1/2."""
+        """A child of ``a`` and ``b``.
+
+        ``operators="genas"``: each edge of both cells (``none`` where a parent has none) from ``a`` or
+        ``b`` with probability 1/2, then both cells repaired. ``"pairs"``: each node's pair of edges from
+        ``a`` or ``b`` with probability 1/2.
+        """
         ga, gb = self.validate(a), self.validate(b)
+        if self.operators == "genas":
+            # Every gene (normal cell first) is drawn before the repairs, in GeNAS's order.
+            normal, reduce = [[x if rng.random() < 0.5 else y for x, y in zip(self._edge_ops(ea), self._edge_ops(eb))]
+                              for ea, eb in ((ga.normal, gb.normal), (ga.reduce, gb.reduce))]
+            return self.validate(Genotype(self._repair(normal, rng), self.concat,
+                                          self._repair(reduce, rng), self.concat))
 
         def mix(ea: Sequence[Edge], eb: Sequence[Edge]) -> List[Edge]:
             out: List[Edge] = []
@@ -352,46 +435,62 @@ class DARTS(Space):
 
     # -- size and cost -----------------------------------------------------------------------------
 
-    def params(self, arch: Any, *, C: int = 36, layers: int = 20) -> int:
-        """Parameters of ``build(arch, C=C, layers=layers)`` without the auxiliary head (DARTS's "param size")."""
-        g = self.validate(arch)
-        return _network_cost(g, _check_positive("C", C), _check_positive("layers", layers), self.num_classes,
-                             self.in_channels, self.stem_multiplier, self.resolution)[0]
+    def _size(self, C: int | None, layers: int | None) -> Tuple[int, int]:
+        return (self.C if C is None else _check_positive("C", C),
+                self.layers if layers is None else _check_positive("layers", layers))
 
-    def flops(self, arch: Any, *, C: int = 36, layers: int = 20, resolution: int | None = None) -> float:
+    def params(self, arch: Any, *, C: int | None = None, layers: int | None = None) -> int:
+        """Parameters of ``build(arch, C=C, layers=layers)`` without the auxiliary head (DARTS's "param size").
+
+        ``C`` and ``layers`` default to the space's, so ``params(arch)`` counts ``build(arch)``. DARTS's
+        benchmark convention (CIFAR-10 networks of 36 channels and 20 cells, e.g. 3,349,342 for DARTS V2)
+        is ``params(arch, C=36, layers=20)``.
+        """
+        g = self.validate(arch)
+        C, layers = self._size(C, layers)
+        return _network_cost(g, C, layers, self.num_classes, self.in_channels, self.stem_multiplier,
+                             self.resolution)[0]
+
+    def flops(self, arch: Any, *, C: int | None = None, layers: int | None = None,
+              resolution: int | None = None) -> float:
         """Millions of multiply-adds per image of ``build(arch, C=C, layers=layers)``.
 
         Convention: convolution and linear-layer multiply-accumulates only (no BN, ReLU, pooling,
-        additions, biases), auxiliary head excluded; computed analytically at ``resolution`` (default:
-        the space's) in the network's eval mode.
+        additions, biases), auxiliary head excluded; computed analytically at ``resolution`` in the
+        network's eval mode. ``C``, ``layers`` and ``resolution`` default to the space's (DARTS's
+        benchmark: ``C=36, layers=20`` at 32x32).
         """
         g = self.validate(arch)
+        C, layers = self._size(C, layers)
         res = self.resolution if resolution is None else _check_positive("resolution", resolution)
-        macs = _network_cost(g, _check_positive("C", C), _check_positive("layers", layers), self.num_classes,
-                             self.in_channels, self.stem_multiplier, res)[1]
+        macs = _network_cost(g, C, layers, self.num_classes, self.in_channels, self.stem_multiplier, res)[1]
         return macs / 1e6
 
     # -- networks ----------------------------------------------------------------------------------
 
     def supernet(self, **kwargs: Any) -> "DARTSSupernet":
-        """The single-path supernet; ``C`` and ``layers`` default to the space's (``None`` keeps them)."""
-        unknown = sorted(set(kwargs) - {"C", "layers"})
+        """The single-path supernet; ``C``, ``layers`` and ``affine`` default to the space's (``None``
+        keeps them)."""
+        unknown = sorted(set(kwargs) - {"C", "layers", "affine"})
         if unknown:
-            raise ValueError(f"supernet() got unknown argument(s) {unknown}; expected 'C', 'layers'")
+            raise ValueError(f"supernet() got unknown argument(s) {unknown}; expected 'C', 'layers', 'affine'")
         C = self.C if kwargs.get("C") is None else kwargs["C"]
         layers = self.layers if kwargs.get("layers") is None else kwargs["layers"]
-        return DARTSSupernet(self, C=C, layers=layers)
+        affine = self.affine if kwargs.get("affine") is None else kwargs["affine"]
+        return DARTSSupernet(self, C=C, layers=layers, affine=affine)
 
-    def build(self, arch: Any, C: int = 36, layers: int = 20, auxiliary: bool = False,
+    def build(self, arch: Any, C: int | None = None, layers: int | None = None, auxiliary: bool = False,
               drop_path_prob: float = 0.0) -> NetworkCIFAR:
         """DARTS's evaluation network (``NetworkCIFAR``) of ``arch`` with fresh weights.
 
-        In train mode with ``auxiliary=True`` it returns ``(logits, aux_logits)``, else ``logits``.
+        ``C`` and ``layers`` default to the space's. In train mode with ``auxiliary=True`` it returns
+        ``(logits, aux_logits)``, else ``logits``.
         """
         g = self.validate(arch)
         if not 0.0 <= drop_path_prob < 1.0:
             raise ValueError(f"drop_path_prob={drop_path_prob!r}: expected a value in [0, 1)")
-        return NetworkCIFAR(_check_positive("C", C), self.num_classes, _check_positive("layers", layers), g,
+        C, layers = self._size(C, layers)
+        return NetworkCIFAR(C, self.num_classes, layers, g,
                             auxiliary=bool(auxiliary), in_channels=self.in_channels,
                             stem_multiplier=self.stem_multiplier, drop_path_prob=float(drop_path_prob))
 
@@ -401,26 +500,27 @@ class DARTS(Space):
 # --------------------------------------------------------------------------------------------------
 
 class _SearchCell(nn.Module):
-    """Every op on every edge (``edges[offset(k) + j][op]``), non-affine BN, BN after pooling."""
+    """Every op on every edge (``edges[offset(k) + j][op]``), BN after pooling; ``affine``: the BNs of
+    the ops, of the pooling and of the preprocessing are affine (GeNAS) or not (DARTS)."""
 
     def __init__(self, steps: int, concat: Sequence[int], C_prev_prev: int, C_prev: int, C: int,
-                 reduction: bool, reduction_prev: bool) -> None:
+                 reduction: bool, reduction_prev: bool, affine: bool = True) -> None:
         super().__init__()
         self.reduction = reduction
         self.reduction_prev = reduction_prev
         self.C = C
         self.concat = list(concat)
         if reduction_prev:
-            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=affine)
         else:
-            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=affine)
         self.edges = nn.ModuleList()
         for k in range(steps):
             for j in range(k + 2):
                 stride = 2 if reduction and j < 2 else 1
                 self.edges.append(nn.ModuleDict(
-                    {name: make_op(name, C, stride, affine=False, pool_bn=True) for name in PRIMITIVES}))
+                    {name: make_op(name, C, stride, affine=affine, pool_bn=True) for name in PRIMITIVES}))
 
     @staticmethod
     def edge_index(k: int, j: int) -> int:
@@ -446,13 +546,18 @@ class DARTSSupernet(Supernet):
         space: the :class:`DARTS` space (channels, classes, steps, multiplier).
         C: initial channels.
         layers: number of cells.
+        affine: affine BNs in the cells (ops, BN after pooling, preprocessing), as GeNAS's supernet;
+            ``False``: DARTS's non-affine search cells. The stem BN is affine either way.
     """
 
-    def __init__(self, space: DARTS, C: int = 16, layers: int = 8) -> None:
+    def __init__(self, space: DARTS, C: int = 16, layers: int = 8, affine: bool = True) -> None:
         super().__init__()
         self.space = space
         self.C = _check_positive("C", C)
         self.layers = _check_positive("layers", layers)
+        if not isinstance(affine, bool):
+            raise ValueError(f"affine={affine!r}: expected True or False")
+        self.affine = affine
         C_curr = space.stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(space.in_channels, C_curr, 3, padding=1, bias=False),
@@ -466,7 +571,7 @@ class DARTSSupernet(Supernet):
             if reduction:
                 C_curr *= 2
             self.cells.append(_SearchCell(space.steps, space.concat, C_prev_prev, C_prev, C_curr,
-                                          reduction, reduction_prev))
+                                          reduction, reduction_prev, affine=affine))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, space.multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -506,7 +611,7 @@ class DARTSSupernet(Supernet):
     def _standalone(self, g: Genotype) -> NetworkCIFAR:
         return NetworkCIFAR(self.C, self.space.num_classes, self.layers, g, auxiliary=False,
                             in_channels=self.space.in_channels, stem_multiplier=self.space.stem_multiplier,
-                            affine=False, pool_bn=True)
+                            affine=self.affine, pool_bn=True)
 
     def _extract_pairs(self, g: Genotype) -> List[Tuple[str, str]]:
         """(module of the extracted network, module of the supernet) whose states are copied."""
@@ -520,7 +625,7 @@ class DARTSSupernet(Supernet):
         return pairs
 
     def extract(self, arch: Any, *, return_map: bool = False):
-        """A ``NetworkCIFAR`` (supernet conventions: non-affine cell BN, BN after pooling) with this
+        """A ``NetworkCIFAR`` (supernet conventions: the supernet's ``affine``, BN after pooling) with this
         path's weights and BN statistics copied in; same device, dtype and train/eval mode.
 
         With ``return_map=True``: ``(net, name_map)``; ``name_map`` maps each parameter of ``net`` to the
@@ -600,8 +705,8 @@ class DARTSSupernet(Supernet):
             src = "\n".join(src.splitlines()[first.end_lineno:])
         sp = self.space
         return (
-            f'"""DARTS network exported by fastnas (supernet conventions: non-affine BN inside cells,\n'
-            f"BN(affine=False) after pooling).\n\n{_format(g)}\n"
+            f'"""DARTS network exported by fastnas (supernet conventions: {"affine" if self.affine else "non-affine"} '
+            f"BN inside cells,\nBN after pooling).\n\n{_format(g)}\n"
             f'"""\n\nfrom collections import namedtuple\n'
             f"{src}\n\n"
             f"Genotype = namedtuple(\"Genotype\", \"normal normal_concat reduce reduce_concat\")\n\n"
@@ -612,7 +717,7 @@ class DARTSSupernet(Supernet):
             f"        super().__init__(C={self.C}, num_classes=num_classes, layers={self.layers}, "
             f"genotype=GENOTYPE,\n"
             f"                         in_channels={sp.in_channels}, stem_multiplier={sp.stem_multiplier}, "
-            f"affine=False, pool_bn=True,\n"
+            f"affine={self.affine}, pool_bn=True,\n"
             f"                         drop_path_prob=drop_path_prob)\n\n\n"
             f"__all__ = [*__all__, \"Genotype\", \"GENOTYPE\", {class_name!r}]\n"
         )

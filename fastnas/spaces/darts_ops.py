@@ -8,8 +8,9 @@ body of an exported network. Definitions follow DARTS (Liu et al., ICLR 2019):
 * ``dil_conv_kxk``: ReLU, depthwise kxk conv with dilation 2, pointwise 1x1 conv, BN.
 * ``skip_connect``: identity, or :class:`FactorizedReduce` when the edge has stride 2.
 * ``avg_pool_3x3`` excludes the padding from the average; ``max_pool_3x3``; ``none`` outputs zeros.
-* In the search network (``pool_bn=True``) pooling is followed by a non-affine BN, as in DARTS's
-  ``MixedOp``, and every BN inside the cells is non-affine (``affine=False``).
+* In the search network (``pool_bn=True``) pooling is followed by a BN, as in DARTS's ``MixedOp``; that
+  BN is affine exactly when the cell's other BNs are (``affine``): GeNAS's supernet builds them all affine,
+  DARTS's search network none.
 """
 
 import torch
@@ -112,7 +113,7 @@ class FactorizedReduce(nn.Module):
 
 
 def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False) -> nn.Module:
-    """The operation ``name`` on ``C`` channels (``pool_bn``: BN(affine=False) after pooling)."""
+    """The operation ``name`` on ``C`` channels (``pool_bn``: BN after pooling, affine when ``affine``)."""
     if name == "none":
         return Zero(stride)
     if name in ("max_pool_3x3", "avg_pool_3x3"):
@@ -121,7 +122,7 @@ def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False)
         else:
             pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         if pool_bn:
-            return nn.Sequential(pool, nn.BatchNorm2d(C, affine=False))
+            return nn.Sequential(pool, nn.BatchNorm2d(C, affine=affine))
         return pool
     if name == "skip_connect":
         return Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine)
@@ -153,8 +154,8 @@ class Cell(nn.Module):
         C_prev_prev, C_prev: channels of the two cell inputs; C: channels of every node.
         reduction: whether this cell halves the resolution (edges from the cell inputs use stride 2).
         reduction_prev: whether the previous cell did (the first input is then reduced too).
-        affine: BN affine parameters inside the cell.
-        pool_bn: BN(affine=False) after pooling ops (search-network convention).
+        affine: BN affine parameters inside the cell (the BN after pooling included).
+        pool_bn: BN after pooling ops (search-network convention).
     """
 
     def __init__(self, edges, concat, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
@@ -226,8 +227,9 @@ class NetworkCIFAR(nn.Module):
             then returns ``(logits, aux_logits)``.
         in_channels: input channels.
         stem_multiplier: stem width as a multiple of ``C``.
-        affine: BN affine parameters inside the cells (False for networks taken from the supernet).
-        pool_bn: BN(affine=False) after pooling ops (True for networks taken from the supernet).
+        affine: BN affine parameters inside the cells (the BN after pooling included); networks taken
+            from a supernet have the supernet's setting.
+        pool_bn: BN after pooling ops (True for networks taken from the supernet).
         drop_path_prob: initial drop-path probability.
     """
 

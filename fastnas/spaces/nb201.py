@@ -12,6 +12,21 @@ Example::
     space.params(arch), space.flops(arch)  # as published by NAS-Bench-201
     net = space.supernet()
     logits = net(x, arch)                # (B, 3, 32, 32) -> (B, 10)
+
+Fidelity to the reference code (megvii-model/RLNAS, ``nas_bench_201/exps/algos/``), and the option that
+keeps the other behaviour:
+
+* ``operators="rlnas"`` (default): :meth:`NB201.mutate` sets each edge, with probability ``prob``, to an
+  op drawn uniformly from the four non-``none`` ops (the old op may be drawn again), as
+  ``rlnas_evolution_search_with_angle.py`` ``EvolutionTrainer.get_mutation`` does
+  (``np.random.randint(1, op_num)``): mutation never introduces ``none`` (random candidates and
+  crossover still carry it). ``operators="different"`` is fastnas's earlier mutation: the edge becomes a
+  different op drawn uniformly from the other four, ``none`` included. Crossover (each edge from either
+  parent, ``get_crossover``) is the same under both.
+* The supernet's cell BatchNorms are non-affine with running statistics (``'affine': False`` in the
+  reference's model config); ``supernet(affine_cells=True)`` makes them affine.
+* ``params``/``flops`` count ``build(arch)`` at the space's own ``C``, ``N``, ``num_classes``,
+  ``in_channels`` (and ``resolution``); the defaults reproduce NAS-Bench-201's published numbers.
 """
 
 from __future__ import annotations
@@ -28,16 +43,20 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from fastnas._hints import did_you_mean
 from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.nb201_ops import (
     EDGES, OPS, Cell, NB201Network, ReLUConvBN, ResidualBlock, SuperCell, Zero, make_op,
 )
 
-__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS", "ANGLE_PATHS"]
+__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS", "ANGLE_PATHS", "OPERATORS"]
 
 Arch = Tuple[str, str, str, str, str, str]
 
 _OP_SET = frozenset(OPS)
+#: ``NB201(operators=...)``: ``"rlnas"`` (mutation never picks ``none``) or ``"different"`` (earlier fastnas).
+OPERATORS = ("rlnas", "different")
+_MUTATION_OPS = tuple(op for op in OPS if op != "none")  # RLNAS: randint(1, op_num) over OPS' order
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 _EDGE_NAMES = ", ".join(f"{to}<-{src}" for to, src in EDGES)
 
@@ -72,6 +91,8 @@ class NB201(Space):
         resolution: input height = width, used by :meth:`flops` (CIFAR: 32, ImageNet16-120: 16); a
             multiple of 4 (two stride-2 reductions); default 32.
         channels, cells: the generic names of ``C`` and ``N`` (see :func:`~fastnas.spaces.create_space`).
+        operators: ``"rlnas"`` (mutation draws among the non-``none`` ops, as RLNAS) or ``"different"``
+            (a different op, ``none`` included); see the module docstring.
 
     ``None`` keeps a default.
     """
@@ -81,7 +102,7 @@ class NB201(Space):
     edges = EDGES
 
     def __init__(self, C: Optional[int] = None, N: Optional[int] = None, num_classes: Optional[int] = None,
-                 in_channels: Optional[int] = None, resolution: Optional[int] = None, *,
+                 in_channels: Optional[int] = None, resolution: Optional[int] = None, operators: str = "rlnas", *,
                  channels: Optional[int] = None, cells: Optional[int] = None):
         self.C = _positive_int("C", size_keyword("C", C, "channels", channels, 16))
         self.N = _positive_int("N", size_keyword("N", N, "cells", cells, 5))
@@ -90,11 +111,15 @@ class NB201(Space):
         self.resolution = _positive_int("resolution", 32 if resolution is None else resolution)
         if self.resolution % 4:
             raise ValueError(f"resolution={resolution!r}: expected a multiple of 4 (two stride-2 stages)")
+        if operators not in OPERATORS:
+            raise ValueError(f"operators={operators!r}: expected one of {list(OPERATORS)}"
+                             f"{did_you_mean(operators, OPERATORS, n=1)}")
+        self.operators = operators
         self._costs = {conv: self._cost_model(conv) for conv in FLOPS_CONVENTIONS}
 
     def config(self) -> Dict[str, Any]:
         return {"C": self.C, "N": self.N, "num_classes": self.num_classes,
-                "in_channels": self.in_channels, "resolution": self.resolution}
+                "in_channels": self.in_channels, "resolution": self.resolution, "operators": self.operators}
 
     def __repr__(self) -> str:
         return "NB201(" + ", ".join(f"{k}={v!r}" for k, v in self.config().items()) + ")"
@@ -161,14 +186,16 @@ class NB201(Space):
         return tuple(rng.choice(OPS) for _ in EDGES)  # type: ignore[return-value]
 
     def mutate(self, arch: Arch, prob: float, rng: random.Random) -> Arch:
-        """Each edge, with probability ``prob``, replaced by a different op chosen uniformly."""
+        """Each edge, with probability ``prob``, re-drawn: ``operators="rlnas"`` uniformly among the four
+        non-``none`` ops (possibly the same op), ``"different"`` uniformly among the four other ops."""
         a = self.validate(arch)
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob={prob!r}: expected a probability in [0, 1]")
+        rlnas = self.operators == "rlnas"
         out = []
         for op in a:
             if rng.random() < prob:
-                op = rng.choice([o for o in OPS if o != op])
+                op = rng.choice(_MUTATION_OPS) if rlnas else rng.choice([o for o in OPS if o != op])
             out.append(op)
         return tuple(out)  # type: ignore[return-value]
 

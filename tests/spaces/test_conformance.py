@@ -215,9 +215,7 @@ def _build_matches_extract(case):
                 assert built.get(n) == p.shape, (n, built.get(n), p.shape)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="params counts C=36,20 layers until fidelity fix"))
-    if n == "darts" else n for n in SPACES])
+@pytest.mark.parametrize("name", SPACES)
 def test_build_is_the_network_of_the_space_sizes(name):
     if name not in _CASES:
         _CASES[name] = Case(name)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import random
 
+import collections
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fastnas.spaces import create_space, list_spaces
-from fastnas.spaces.darts import DARTS, DARTS_V1, DARTS_V2, OPS, DARTSSupernet, Genotype
+from fastnas.spaces.darts import DARTS, DARTS_V1, DARTS_V2, OPS, PRIMITIVES, DARTSSupernet, Genotype
 from fastnas.spaces.darts_ops import FactorizedReduce, Identity, NetworkCIFAR, Zero, drop_path, make_op
 
 # DARTS's published genotype text (genotypes.py), not in canonical edge order.
@@ -74,12 +77,16 @@ def test_registry_and_config_round_trip():
     again = create_space("darts", **s.config())
     assert again.config() == s.config()
     assert DARTS().config() == dict(C=16, layers=8, num_classes=10, in_channels=3, resolution=32, steps=4,
-                                    multiplier=4, stem_multiplier=3)
+                                    multiplier=4, stem_multiplier=3, affine=True, operators="genas")
+    old = create_space("darts", affine=False, operators="pairs")
+    assert create_space("darts", **old.config()).config() == old.config()
+    assert (old.affine, old.operators) == (False, "pairs")
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(C=0), "C=0"), (dict(layers=-1), "layers=-1"), (dict(steps=2, multiplier=3), "multiplier=3"),
-    (dict(num_classes=1.5), "num_classes=1.5"),
+    (dict(num_classes=1.5), "num_classes=1.5"), (dict(affine=1), "affine=1"),
+    (dict(operators="genes"), "operators='genes'.*did you mean 'genas'"),
 ])
 def test_constructor_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -215,8 +222,9 @@ def test_sample_is_valid_deterministic_and_covers_choices():
     assert len(set(samples)) == len(samples)
 
 
-def test_mutate():
-    s = DARTS()
+@pytest.mark.parametrize("operators", ["genas", "pairs"])
+def test_mutate(operators):
+    s = DARTS(operators=operators)
     rng = random.Random(2)
     g = s.sample(rng)
     assert s.mutate(g, 0.0, rng) == g
@@ -234,8 +242,100 @@ def test_mutate():
             s.mutate(g, bad, rng)
 
 
-def test_crossover_takes_whole_nodes_from_parents():
+# GeNAS's evolution on the 14-edge encoding (op index per supernet edge, 0 = 'none'), written after
+# evolution_search/search.py (get_mutation, get_crossover) and utils.check_cand, with numpy's generator:
+# an independent implementation to compare distributions with.
+
+def _encode(s: DARTS, cell) -> list:
+    ops = [0] * 14
+    for e, (op, j) in enumerate(cell):
+        ops[(e // 2) * (e // 2 + 3) // 2 + j] = PRIMITIVES.index(op)
+    return ops
+
+
+def _check_cand(cand: list, rs: np.random.RandomState) -> list:
+    offset = 0
+    for j in range(4):
+        idx = list(range(offset, offset + j + 2))
+        nones = [i for i in idx if cand[i] == 0]
+        if len(nones) < j:
+            live = [i for i in idx if cand[i] != 0]
+            for i in rs.choice(live, size=j - len(nones), replace=False):
+                cand[i] = 0
+        elif len(nones) > j:
+            for i in rs.choice(nones, size=len(nones) - j, replace=False):
+                cand[i] = rs.randint(7) + 1
+        offset += j + 2
+    return cand
+
+
+def _genas_mutation(s, g, prob, rs):
+    normal = _encode(s, g.normal)
+    for i in range(14):
+        if rs.random_sample() < prob:
+            normal[i] = rs.randint(0, 8)
+    return _check_cand(normal, rs) + _check_cand(_encode(s, g.reduce), rs)
+
+
+def _genas_crossover(s, a, b, rs):
+    genes = [x if rs.randint(2) else y for x, y in zip(_encode(s, a.normal) + _encode(s, a.reduce),
+                                                       _encode(s, b.normal) + _encode(s, b.reduce))]
+    return _check_cand(genes[:14], rs) + _check_cand(genes[14:], rs)
+
+
+def _marginals(genes_list) -> collections.Counter:
+    counts = collections.Counter((i, op) for genes in genes_list for i, op in enumerate(genes))
+    return collections.Counter({k: v / len(genes_list) for k, v in counts.items()})
+
+
+def _max_gap(p: collections.Counter, q: collections.Counter) -> float:
+    return max(abs(p[k] - q[k]) for k in set(p) | set(q))
+
+
+def test_genas_mutation_keeps_the_reduction_cell_and_follows_the_reference():
     s = DARTS()
+    rng = random.Random(11)
+    g = DARTS_V2
+    mutants = [s.mutate(g, 0.3, rng) for _ in range(3000)]
+    for m in mutants[:200]:
+        _check_valid(m)
+    assert all(m.reduce == g.reduce for m in mutants)
+    assert sum(m.normal != g.normal for m in mutants) > 2000
+    # Per-edge op frequencies of the normal cell equal those of GeNAS's algorithm (sd of a gap ~0.01).
+    rs = np.random.RandomState(0)
+    ours = _marginals([_encode(s, m.normal) + _encode(s, m.reduce) for m in mutants])
+    ref = _marginals([_genas_mutation(s, g, 0.3, rs) for _ in range(3000)])
+    assert _max_gap(ours, ref) < 0.04
+    # The earlier operators differ from the reference by far more (and change the reduction cell).
+    old = DARTS(operators="pairs")
+    pairs = [old.mutate(g, 0.3, rng) for _ in range(3000)]
+    assert _max_gap(_marginals([_encode(s, m.normal) + _encode(s, m.reduce) for m in pairs]), ref) > 0.1
+    assert any(m.reduce != g.reduce for m in pairs)
+    # A node's repair can drop an input: a mutated 'none' edge into node 3 makes three live inputs.
+    assert any({j for _, j in m.normal[6:]} - {j for _, j in g.normal[6:]} for m in mutants)
+
+
+def test_genas_crossover_mixes_edges_and_follows_the_reference():
+    s = DARTS()
+    rng = random.Random(12)
+    a, b = DARTS_V1, DARTS_V2
+    assert s.crossover(a, a, rng) == a
+    children = [s.crossover(a, b, rng) for _ in range(3000)]
+    for c in children[:200]:
+        _check_valid(c)
+    rs = np.random.RandomState(1)
+    ours = _marginals([_encode(s, c.normal) + _encode(s, c.reduce) for c in children])
+    ref = _marginals([_genas_crossover(s, a, b, rs) for _ in range(3000)])
+    assert _max_gap(ours, ref) < 0.04
+    # Node 0 of both normal cells takes inputs 0 and 1: edge-wise crossover mixes the parents' edges.
+    x = DARTS_V1._replace(normal=(("max_pool_3x3", 0), ("avg_pool_3x3", 1)) + DARTS_V1.normal[2:])
+    y = DARTS_V1._replace(normal=(("sep_conv_5x5", 0), ("dil_conv_5x5", 1)) + DARTS_V1.normal[2:])
+    firsts = collections.Counter(s.crossover(x, y, rng).normal[:2] for _ in range(400))
+    assert set(firsts) == {(p, q) for p in (x.normal[0], y.normal[0]) for q in (x.normal[1], y.normal[1])}
+
+
+def test_pairs_crossover_takes_whole_nodes_from_parents():
+    s = DARTS(operators="pairs")
     rng = random.Random(3)
     a, b = s.sample(rng), s.sample(rng)
     assert s.crossover(a, a, rng) == a
@@ -258,11 +358,12 @@ def test_crossover_takes_whole_nodes_from_parents():
 def test_darts_v2_has_the_published_parameter_count():
     s = DARTS()
     # DARTS reports "param size = 3.349342MB" for DARTS_V2 (C=36, 20 cells, CIFAR-10); paper: 3.3M.
-    assert s.params(DARTS_V2) == 3_349_342
+    assert s.params(DARTS_V2, C=36, layers=20) == 3_349_342
     with torch.device("meta"):
-        net = s.build(DARTS_V2, auxiliary=True)
+        net = s.build(DARTS_V2, C=36, layers=20, auxiliary=True)
     assert sum(p.numel() for n, p in net.named_parameters() if not n.startswith("auxiliary_head")) == 3_349_342
-    assert s.params(DARTS_V2, C=16, layers=8) < s.params(DARTS_V2)
+    assert DARTS(C=36, layers=20).params(DARTS_V2) == 3_349_342
+    assert s.params(DARTS_V2) == s.params(DARTS_V2, C=16, layers=8) < 3_349_342
 
 
 def test_params_and_flops_match_built_networks():
@@ -275,7 +376,30 @@ def test_params_and_flops_match_built_networks():
         assert s.flops(g, C=4, layers=5) == pytest.approx(macs / 1e6, rel=0, abs=1e-9)
         assert s.flops(g, C=4, layers=5, resolution=32) > s.flops(g, C=4, layers=5)
     # The full-size DARTS_V2 network at 32x32: 528.36M multiply-adds (conv + linear).
-    assert DARTS().flops(DARTS_V2) == pytest.approx(528.35904)
+    assert DARTS().flops(DARTS_V2, C=36, layers=20) == pytest.approx(528.35904)
+    assert DARTS(C=36, layers=20).flops(DARTS_V2) == pytest.approx(528.35904)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(), dict(C=4, layers=5, num_classes=7, resolution=16), dict(C=6, layers=3, in_channels=1, resolution=8),
+    dict(C=4, layers=4, steps=3, multiplier=2, num_classes=100, resolution=16),
+])
+def test_params_and_flops_count_what_build_builds(kwargs):
+    """Without keywords: the space's own C and layers (what the retraining builds)."""
+    s = DARTS(**kwargs)
+    rng = random.Random(9)
+    archs = [s.sample(rng) for _ in range(3)] + ([DARTS_V1, DARTS_V2] if s.steps == 4 else [])
+    for g in archs:
+        if kwargs:
+            net = s.build(g)
+        else:
+            with torch.device("meta"):
+                net = s.build(g)
+        assert len(net.cells) == s.layers and net.cells[0].preprocess1[1].out_channels == s.C
+        assert s.params(g) == sum(p.numel() for p in net.parameters())
+        if kwargs:
+            x = torch.randn(1, s.in_channels, s.resolution, s.resolution)
+            assert s.flops(g) == pytest.approx(_conv_linear_macs(net, x) / 1e6, rel=0, abs=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -368,9 +492,13 @@ def test_supernet_structure(space):
         for edge in cell.edges:
             assert len(edge) == 8 and not list(edge["none"].parameters())
         bns = [m for m in cell.modules() if isinstance(m, nn.BatchNorm2d)]
-        assert bns and all(not bn.affine for bn in bns)
+        assert bns and all(bn.affine for bn in bns)  # GeNAS's supernet: every cell BN affine
     assert isinstance(net.cells[0].edges[0]["avg_pool_3x3"][1], nn.BatchNorm2d)
     assert DARTS().supernet().C == 16 and len(DARTS().supernet(layers=3).cells) == 3
+    # DARTS's search network: no affine BN inside the cells; the stem BN stays affine.
+    for old in (DARTS(C=4, layers=5, affine=False).supernet(), space.supernet(affine=False)):
+        assert not old.affine and old.stem[1].affine
+        assert all(not bn.affine for cell in old.cells for bn in cell.modules() if isinstance(bn, nn.BatchNorm2d))
     with pytest.raises(ValueError, match="unknown argument"):
         space.supernet(channels=4)
     with pytest.raises(ValueError, match="C=0"):
@@ -395,6 +523,45 @@ def test_supernet_forward_and_path_parameters_match_gradients(space):
         assert path == [n for n in names if n in used_set] and len(set(path)) == len(path)
         assert "stem.0.weight" in path and "classifier.weight" in path
         assert len(path) < len(names) / 4
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_path_parameters_hold_the_cell_bn_affine_pairs(space, affine):
+    net = space.supernet(affine=affine).train()
+    g = DARTS_V2  # reduction cells: max_pool_3x3 on inputs 0 and 1, skip_connect (FactorizedReduce)
+    path = net.path_parameters(g)
+    bn_names = {"cells.1.edges.0.max_pool_3x3.1.weight", "cells.1.edges.0.max_pool_3x3.1.bias",  # after pooling
+                "cells.0.edges.0.sep_conv_3x3.3.weight", "cells.0.edges.0.sep_conv_3x3.7.bias",  # op BNs
+                "cells.0.preprocess0.2.weight", "cells.2.preprocess0.bn.bias",  # preprocessing
+                "cells.1.preprocess1.2.weight"}
+    assert bn_names <= set(path) if affine else not bn_names & set(path)
+    net.zero_grad(set_to_none=True)
+    net(torch.randn(2, 3, 16, 16), g).square().sum().backward()
+    assert [n for n, p in net.named_parameters() if p.grad is not None] == path
+    n_bn = sum(p.numel() for n, p in net.named_parameters() if n.startswith("cells.") and n.endswith(".bias"))
+    assert (n_bn > 0) == affine
+
+
+def test_non_affine_supernet_extracts_and_exports():
+    s = DARTS(C=4, layers=3, num_classes=3, resolution=8, affine=False)
+    torch.manual_seed(1)
+    net = s.supernet()
+    g = s.sample(random.Random(4))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        net.train()(torch.randn(4, 3, 8, 8), g)
+    net.eval()
+    sub = net.extract(g)
+    assert all(not bn.affine for cell in sub.cells for bn in cell.modules() if isinstance(bn, nn.BatchNorm2d))
+    x = torch.randn(2, 3, 8, 8)
+    namespace: dict = {}
+    exec(compile(net.export_source(g), "<exported>", "exec"), namespace)
+    model = namespace["Network"]()
+    model.load_state_dict(sub.state_dict())
+    with torch.no_grad():
+        assert (sub(x) - net(x, g)).abs().max().item() < 1e-5
+        assert (model.eval()(x) - net(x, g)).abs().max().item() < 1e-5
 
 
 def test_supernet_shares_genotypes_between_cells_of_a_kind(space):
@@ -492,5 +659,5 @@ def test_other_cell_sizes():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert (net.extract(g)(x) - net(x, g)).abs().max().item() < 1e-5
-        assert s.build(g, C=4, layers=3)(x).shape == (2, 3)
-    assert s.params(g, C=4, layers=3) == sum(p.numel() for p in s.build(g, C=4, layers=3).parameters())
+        assert s.build(g)(x).shape == (2, 3)
+    assert s.params(g) == sum(p.numel() for p in s.build(g).parameters())

@@ -41,14 +41,18 @@ def test_registered_and_config_round_trip():
     assert "nb201" in list_spaces()
     s = create_space("nb201", C=8, N=2, num_classes=100, in_channels=1, resolution=16)
     assert isinstance(s, NB201)
-    assert s.config() == {"C": 8, "N": 2, "num_classes": 100, "in_channels": 1, "resolution": 16}
+    assert s.config() == {"C": 8, "N": 2, "num_classes": 100, "in_channels": 1, "resolution": 16,
+                          "operators": "rlnas"}
     assert create_space("nb201", **s.config()).config() == s.config()
+    old = create_space("nb201", operators="different")
+    assert create_space("nb201", **old.config()).config()["operators"] == "different"
     assert create_space("nb201", C=None).config()["C"] == 16  # None keeps the default
 
 
 @pytest.mark.parametrize("kwargs, text", [
     ({"C": 0}, "C=0"), ({"N": -1}, "N=-1"), ({"num_classes": 2.5}, "num_classes=2.5"),
     ({"resolution": 30}, "resolution=30"), ({"in_channels": True}, "in_channels=True"),
+    ({"operators": "rlnaz"}, "operators='rlnaz'.*did you mean 'rlnas'"),
 ])
 def test_bad_constructor_arguments(kwargs, text):
     with pytest.raises(ValueError, match=text):
@@ -137,7 +141,34 @@ def test_sample_uniform_and_reproducible(space):
     assert len({(a[0], a[5]) for a in archs}) == 25
 
 
-def test_mutate(space):
+def test_mutate_never_introduces_none_by_default(space):
+    """RLNAS's get_mutation draws np.random.randint(1, op_num): one of the 4 non-'none' ops, maybe the same."""
+    assert space.operators == "rlnas"
+    rng = random.Random(1)
+    a = space.parse(PARAM_CHECK)  # 'none' on edges 0 and 5
+    assert space.mutate(a, 0.0, rng) == a
+    mutants = [space.mutate(a, 0.3, rng) for _ in range(4000)]
+    assert all(space.validate(m) == m for m in mutants[:50])
+    for k in range(6):
+        counts = collections.Counter(m[k] for m in mutants)
+        if a[k] != "none":
+            assert "none" not in counts  # a mutated gene is never 'none'
+            # unchanged: 0.7 + 0.3 / 4 = 0.775, each other op 0.075 (sd of a frequency <= 0.007)
+            assert abs(counts[a[k]] / 4000 - 0.775) < 0.03, counts
+            assert all(abs(c / 4000 - 0.075) < 0.02 for op, c in counts.items() if op != a[k]), counts
+        else:  # a 'none' edge keeps 'none' unless mutated (0.7), then each non-'none' op 0.075
+            assert abs(counts["none"] / 4000 - 0.7) < 0.03, counts
+            assert set(counts) == set(OPS)
+    # With prob 1 every edge is redrawn among the non-'none' ops (the same op included: 1/4).
+    full = [space.mutate(ALL_CONV3, 1.0, rng) for _ in range(800)]
+    assert not any("none" in m for m in full)
+    same = sum(x == "nor_conv_3x3" for m in full for x in m) / (800 * 6)
+    assert abs(same - 0.25) < 0.04
+    assert collections.Counter(space.mutate(ALL_NONE, 1.0, rng)[0] for _ in range(800)).keys() == set(OPS) - {"none"}
+
+
+def test_mutate_different_operators():
+    space = NB201(operators="different")
     rng = random.Random(1)
     a = space.parse(EXAMPLE)
     assert space.mutate(a, 0.0, rng) == a
@@ -321,9 +352,11 @@ def _hook_flops(model: nn.Module, x: torch.Tensor, full: bool) -> int:
 
 
 @pytest.mark.parametrize("convention", ["nb201", "full"])
-def test_flops_match_forward_hooks(convention):
-    space = NB201(C=4, N=2, num_classes=7, in_channels=2, resolution=16)
-    x = torch.randn(1, 2, 16, 16)
+@pytest.mark.parametrize("config", [dict(C=4, N=2, num_classes=7, in_channels=2, resolution=16),
+                                    dict(C=6, N=1, num_classes=120, in_channels=1, resolution=8)])
+def test_flops_match_forward_hooks(convention, config):
+    space = NB201(**config)
+    x = torch.randn(1, space.in_channels, space.resolution, space.resolution)
     for text in [PARAM_CHECK, EXAMPLE, "|avg_pool_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|"]:
         arch = space.parse(text)
         counted = _hook_flops(space.build(arch), x, full=convention == "full")
