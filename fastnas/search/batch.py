@@ -11,12 +11,14 @@ differ only in how they propose a round and what they learn when it closes.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from fastnas._hints import did_you_mean
 from fastnas.search.base import Searcher
 from fastnas.search.history import Arch, SearchRecord, make_record
 
-__all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state"]
+__all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state", "config_from_dict"]
 
 Measured = Tuple[Optional[int], Optional[float]]
 
@@ -33,15 +35,31 @@ def rng_from_json(data: Sequence[Any]) -> Tuple[Any, ...]:
     return (int(version), tuple(int(v) for v in internal), gauss_next)
 
 
-def check_state(d: Mapping[str, Any], version: int, space: Any, what: str) -> None:
-    """``ValueError`` unless ``d`` is a ``what`` state of ``version`` for ``space``."""
+def check_state(d: Mapping[str, Any], version: int, space: Any, what: str,
+                kind: Optional[str] = None) -> None:
+    """``ValueError`` unless ``d`` is a ``what`` state (``d["kind"] == what``) of ``version`` for ``space``.
+
+    ``kind``: the kind a state without a ``"kind"`` entry is taken to be (states saved before there was one).
+    """
     if not isinstance(d, Mapping):
         raise ValueError(f"{what} state is a {type(d).__name__}: expected a dict from state_dict()")
+    if d.get("kind", kind) != what:
+        raise ValueError(f"this is a {d.get('kind', 'unknown')!r} searcher's state: expected a {what!r} state")
     if d.get("version") != version:
         raise ValueError(f"{what} state version {d.get('version')!r}: expected {version}")
     space_name = getattr(space, "name", None)
     if d.get("space") is not None and space_name is not None and d["space"] != space_name:
         raise ValueError(f"{what} state is of space {d['space']!r}, not {space_name!r}")
+
+
+def config_from_dict(cls: Any, d: Mapping[str, Any]) -> Any:
+    """``cls(**d)`` of a config dataclass; an unknown key is a ``ValueError`` naming close matches."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        hint = did_you_mean(unknown[0], names, n=3)
+        raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; expected one of {names}{hint}")
+    return cls(**dict(d))
 
 
 class BatchSearcher(Searcher):

@@ -202,6 +202,7 @@ class Evolution(BatchSearcher):
         """A JSON-serialisable snapshot (architectures as their text forms)."""
         return {
             "version": _STATE_VERSION,
+            "kind": "evolution",
             "space": getattr(self.space, "name", None),
             "config": self.config.to_dict(),
             "generation": self.generation,
@@ -214,7 +215,7 @@ class Evolution(BatchSearcher):
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restores a snapshot taken by :meth:`state_dict` (of a state of the same space)."""
-        check_state(d, _STATE_VERSION, self.space, "evolution")
+        check_state(d, _STATE_VERSION, self.space, "evolution", kind="evolution")
         self.config = EvolutionConfig.from_dict(d["config"])
         self.generation = int(d["generation"])
         self.rng = random.Random()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from fastnas.search.base import SearchConfig, run_search
-from fastnas.search.batch import BatchSearcher, check_state
+from fastnas.search.batch import BatchSearcher, check_state, config_from_dict
 from fastnas.search.history import Callback, Constraints, ScoreFn, SearchResult, best_of
 from fastnas.search.registry import register_searcher
 
@@ -50,7 +50,7 @@ class ExhaustiveConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExhaustiveConfig":
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
     @classmethod
     def from_search_config(cls, config: SearchConfig) -> "ExhaustiveConfig":
@@ -129,6 +129,7 @@ class ExhaustiveSearch(BatchSearcher):
     def state_dict(self) -> Dict[str, Any]:
         return {
             "version": _STATE_VERSION,
+            "kind": "exhaustive",
             "space": getattr(self.space, "name", None),
             "config": self.config.to_dict(),
             "cursor": self.cursor,
@@ -139,7 +140,7 @@ class ExhaustiveSearch(BatchSearcher):
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        check_state(d, _STATE_VERSION, self.space, "exhaustive search")
+        check_state(d, _STATE_VERSION, self.space, "exhaustive")
         self.config = ExhaustiveConfig.from_dict(d["config"])
         self.cursor = int(d["cursor"])
         self.finished = bool(d["finished"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from fastnas.search.base import SearchConfig, run_search
-from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
+from fastnas.search.batch import BatchSearcher, check_state, config_from_dict, rng_from_json, rng_to_json
 from fastnas.search.history import Callback, Constraints, Proposer, ScoreFn, SearchResult, best_of
 from fastnas.search.registry import register_searcher
 
@@ -64,7 +64,7 @@ class RandomConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RandomConfig":
-        return cls(**dict(d))
+        return config_from_dict(cls, d)
 
     @classmethod
     def from_search_config(cls, config: SearchConfig) -> "RandomConfig":
@@ -142,6 +142,7 @@ class RandomSearch(BatchSearcher):
         remaining = self._proposer.remaining
         return {
             "version": _STATE_VERSION,
+            "kind": "random",
             "space": getattr(self.space, "name", None),
             "config": self.config.to_dict(),
             "rng": rng_to_json(self.rng.getstate()),
@@ -153,7 +154,7 @@ class RandomSearch(BatchSearcher):
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        check_state(d, _STATE_VERSION, self.space, "random search")
+        check_state(d, _STATE_VERSION, self.space, "random")
         self.config = RandomConfig.from_dict(d["config"])
         self.rng = random.Random()
         self.rng.setstate(rng_from_json(d["rng"]))
