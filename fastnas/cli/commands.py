@@ -235,7 +235,8 @@ def cmd_kendall(args: argparse.Namespace) -> int:
     rank = scatter_plot(scores, truth, plot, title=f"{config.metric}: {args.score_column}",
                         canonicalize=_canonicalizer(space))
     _out(f"Kendall tau {rank.tau:.4f}, Spearman rho {rank.spearman:.4f} over {rank.n} architectures "
-         f"({rank.n_dropped} dropped for NaN, {rank.n_unmatched} without ground truth)")
+         f"(dropped: {rank.n_flagged} with a flagged or non-finite score, {rank.n_dropped - rank.n_flagged} "
+         f"with no finite accuracy; {rank.n_unmatched} without ground truth)")
     _out(f"scatter plot: {plot}")
     return 0
 

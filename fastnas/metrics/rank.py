@@ -12,7 +12,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -156,9 +156,12 @@ class RankResult:
     Attributes:
         tau: Kendall's tau-b.
         spearman: Spearman's rho.
-        n: number of architectures used (in both tables, neither value NaN).
-        n_dropped: architectures in both tables dropped because a value was NaN.
+        n: number of architectures used (in both tables, both values finite, not flagged).
+        n_dropped: architectures in both tables that were dropped: ``n_flagged`` plus those whose
+            accuracy is NaN or infinite.
         n_unmatched: score entries with no ground-truth entry (ignored).
+        n_flagged: architectures dropped because their score is flagged or not finite (a flagged
+            candidate's score is ``-inf``: kept, they would all tie last and distort tau).
     """
 
     tau: float
@@ -166,6 +169,7 @@ class RankResult:
     n: int
     n_dropped: int
     n_unmatched: int = 0
+    n_flagged: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -254,28 +258,56 @@ def _match(scores: Mapping[str, float], truth: Mapping[str, float],
     return keys, xs, ys, unmatched
 
 
+def _usable(keys: list, xs: list, ys: list, flagged: Iterable[str],
+            canonicalize: Optional[Callable[[str], str]]) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """The pairs with a finite, unflagged score and a finite accuracy; ``(x, y, n_dropped, n_flagged)``."""
+    canon = canonicalize if canonicalize is not None else (lambda s: s)
+    bad = {canon(k) for k in flagged}
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    bad_score = ~np.isfinite(x) | np.array([k in bad for k in keys], dtype=bool)
+    keep = ~bad_score & np.isfinite(y)
+    return x[keep], y[keep], int(keep.size - keep.sum()), int(bad_score.sum())
+
+
+def _rank(scores: Mapping[str, float], truth: Mapping[str, float], canonicalize: Optional[Callable[[str], str]],
+          flagged: Iterable[str]) -> Tuple[RankResult, np.ndarray, np.ndarray]:
+    keys, xs, ys, unmatched = _match(scores, truth, canonicalize)
+    x, y, dropped, n_flagged = _usable(keys, xs, ys, flagged, canonicalize)
+    if unmatched:
+        logger.info("correlate: %d of %d scored architectures have no ground truth", unmatched, len(scores))
+    if dropped:
+        logger.info("correlate: dropped %d architectures (%d with a flagged or non-finite score)", dropped, n_flagged)
+    result = RankResult(tau=kendall_tau(x, y), spearman=spearman(x, y), n=int(x.size), n_dropped=dropped,
+                        n_unmatched=unmatched, n_flagged=n_flagged)
+    return result, x, y
+
+
 def correlate(scores: Mapping[str, float], truth: Mapping[str, float],
-              canonicalize: Optional[Callable[[str], str]] = None) -> RankResult:
+              canonicalize: Optional[Callable[[str], str]] = None, *,
+              flagged: Iterable[str] = ()) -> RankResult:
     """Kendall tau-b and Spearman rho of ``scores`` against ``truth``, matched by architecture text.
+
+    Architectures whose score is flagged (named in ``flagged``) or not finite (NaN, or the ``-inf`` a
+    flagged candidate gets) are dropped, as are those whose accuracy is not finite; the result counts them.
 
     Args:
         scores: ``{architecture text: score}`` (higher is better).
         truth: ``{architecture text: accuracy}``, e.g. from :func:`load_ground_truth`.
         canonicalize: maps a text to the form both tables are compared in (e.g.
             ``lambda s: space.format(space.parse(s))``); identity by default.
+        flagged: texts of the candidates whose score is flagged, whatever its value.
     """
-    _, xs, ys, unmatched = _match(scores, truth, canonicalize)
-    x, y, dropped = _pairs(xs, ys)
-    if unmatched:
-        logger.info("correlate: %d of %d scored architectures have no ground truth", unmatched, len(scores))
-    return RankResult(tau=kendall_tau(x, y), spearman=spearman(x, y), n=int(x.size), n_dropped=dropped,
-                      n_unmatched=unmatched)
+    return _rank(scores, truth, canonicalize, flagged)[0]
 
 
 def scatter_plot(scores: Mapping[str, float], truth: Mapping[str, float], path: PathLike,
                  title: Optional[str] = None,
-                 canonicalize: Optional[Callable[[str], str]] = None) -> RankResult:
+                 canonicalize: Optional[Callable[[str], str]] = None, *,
+                 flagged: Iterable[str] = ()) -> RankResult:
     """Writes a PNG scatter plot of score against ground-truth accuracy; returns the correlation.
+
+    The architectures plotted and correlated are those :func:`correlate` keeps.
 
     Uses matplotlib's Agg canvas directly (no pyplot, no global backend change), imported here so
     that importing fastnas never imports matplotlib.
@@ -283,10 +315,7 @@ def scatter_plot(scores: Mapping[str, float], truth: Mapping[str, float], path: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    _, xs, ys, unmatched = _match(scores, truth, canonicalize)
-    x, y, dropped = _pairs(xs, ys)
-    result = RankResult(tau=kendall_tau(x, y), spearman=spearman(x, y), n=int(x.size), n_dropped=dropped,
-                        n_unmatched=unmatched)
+    result, x, y = _rank(scores, truth, canonicalize, flagged)
     fig = Figure(figsize=(5.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -5,8 +5,8 @@ never leaves a half-made run directory; :class:`Run` then executes the phases. E
 ``state.json`` that it started and that it is done; every phase can be resumed after a kill:
 
 * train: :func:`fastnas.train.train_supernet` resumes from its end-of-epoch checkpoint;
-* search: evolution resumes from the state saved after every scored candidate; random and exhaustive
-  search replay the recorded scores (their proposals never depend on scores) and score the rest;
+* search: the searcher (evolution, random, exhaustive, any registered one) resumes from its state,
+  saved after every scored candidate: only the candidates not yet scored are scored;
 * retrain: resumes from its end-of-epoch checkpoint;
 * report: is recomputed from the saved files.
 
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[str, Dict[str, Any]], None]
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
-_SEARCH_STATE_VERSION = 1
+_SEARCH_STATE_VERSION = 2  # 2: the searcher's own state_dict (ask/tell); 1: evolution state or replayed records
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,9 +208,16 @@ def _check_files(p: Prepared) -> None:
 
 
 def _read_search_state(d: RunDir) -> Dict[str, Any]:
+    path = str(d / d.SEARCH_STATE)
     data = read_json(d / d.SEARCH_STATE, "search state")
-    if not isinstance(data, dict) or data.get("version") != _SEARCH_STATE_VERSION or "searcher" not in data:
-        raise ValueError(f"search state {str(d / d.SEARCH_STATE)!r} is not a fastnas search state")
+    if not isinstance(data, dict) or "version" not in data or "searcher" not in data:
+        raise ValueError(f"search state {path!r} is not a fastnas search state")
+    if data["version"] != _SEARCH_STATE_VERSION:
+        raise ValueError(f"search state {path!r} has version {data['version']!r}, written by another fastnas "
+                         f"(this one reads version {_SEARCH_STATE_VERSION}); delete that file to search again "
+                         f"from the start (the trained supernet is kept), or start a new run")
+    if not isinstance(data.get("state"), dict) or not isinstance(data.get("config"), dict):
+        raise ValueError(f"search state {path!r} is not a fastnas search state (no searcher state or settings)")
     return data
 
 
@@ -344,9 +351,17 @@ class Run:
                               calib_x=self.p.train[0], initial_state=self.initial_state, device=self.device)
 
     def search(self) -> None:
-        """Runs (or continues) the search; the state is saved after every scored candidate."""
-        from fastnas.search import EvolutionConfig, EvolutionState, evolve, exhaustive, random_search
-        from fastnas.search.history import SearchRecord
+        """Runs (or continues) the search; the searcher's state is saved after every scored candidate."""
+        import json
+
+        from fastnas.search import SearchConfig, create_searcher, run_search
+
+        def searcher_config(c: RunConfig) -> SearchConfig:
+            """What the run gives its searcher (each searcher reads the settings it needs)."""
+            return SearchConfig(population=c.population, generations=c.generations, topk=c.topk,
+                                mutations=c.mutations, crossovers=c.crossovers, mutate_prob=c.mutate_prob,
+                                seed=derived_seed(c.seed, "search") % (2 ** 31), max_params=c.max_params,
+                                max_flops=c.max_flops)
 
         c = self.config
         self.progress("phase", {"name": "search", "status": "start"})
@@ -356,69 +371,37 @@ class Run:
         saved = _read_search_state(self.dir) if path.exists() else None
         if saved is not None and saved["searcher"] != c.searcher:
             raise ValueError(f"search state {str(path)!r} is of searcher {saved['searcher']!r}, not {c.searcher!r}")
+        scfg = searcher_config(c)
+        settings = json.loads(json.dumps(scfg.to_dict()))  # as the saved state holds them
+        if saved is not None and saved["config"] != settings:
+            differ = sorted(k for k in set(settings) | set(saved["config"])
+                            if settings.get(k) != saved["config"].get(k))
+            raise ValueError(f"search state {str(path)!r} was made with other search settings {differ} (saved "
+                             f"{ {k: saved['config'].get(k) for k in differ} }, now "
+                             f"{ {k: settings.get(k) for k in differ} }); start a new run instead")
+        searcher = create_searcher(c.searcher, self.space, scfg)
+        if saved is not None:
+            searcher.load_state_dict(saved["state"])
         score_fn = self.score_fn()
         t_search = time.perf_counter()
+        total, rounds = searcher.total, searcher.planned_rounds
 
-        if c.searcher == "evolution":
-            ecfg = EvolutionConfig(population=c.population, topk=c.topk, mutations=c.mutations,
-                                   crossovers=c.crossovers, mutate_prob=c.mutate_prob, generations=c.generations,
-                                   seed=derived_seed(c.seed, "search") % (2 ** 31), max_params=c.max_params,
-                                   max_flops=c.max_flops)
-            state = EvolutionState.from_state_dict(self.space, saved["state"]) if saved \
-                else EvolutionState(self.space, ecfg)
-            total = c.population * c.generations
+        def save() -> None:
+            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher, "config": settings,
+                                     "state": searcher.state_dict()})
 
-            def callback(event: str, info: Dict[str, Any]) -> None:
-                st = info["state"]
-                if event == "candidate":
-                    self.progress("search:candidate", {"record": info["record"], "n_scored": len(st.history),
-                                                       "total": total, "generation": info["generation"]})
-                    write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
-                                             "state": st.state_dict()})
-                elif event == "generation":
-                    write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
-                                             "state": st.state_dict()})
-                    self.progress("search:generation", {"generation": info["generation"], "best": info["best"],
-                                                        "generations": c.generations})
+        def callback(event: str, info: Dict[str, Any]) -> None:
+            if event == "candidate":
+                self.progress("search:candidate", {"record": info["record"], "n_scored": info["n_scored"],
+                                                   "total": total, "generation": info["generation"]})
+                save()  # after the last candidate of a round it holds the closed round too
+            elif event == "generation":
+                self.progress("search:generation", {"generation": info["generation"], "best": info["best"],
+                                                    "generations": rounds if rounds is not None else "?"})
 
-            self.progress("search:start", {"total": total, "done": len(state.history)})
-            result = evolve(self.space, score_fn, ecfg, state=state, callback=callback)
-            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": "evolution",
-                                     "state": state.state_dict()})
-        else:
-            # Random and exhaustive search propose without looking at scores: replaying the recorded
-            # scores reproduces the run exactly, and only the rest is scored.
-            records: List[Dict[str, Any]] = list(saved["records"]) if saved else []
-            replay = {r["text"]: SearchRecord.from_dict(r, self.space) for r in records}
-            total = c.population * c.generations if c.searcher == "random" else (self.space.size() or 0)
-
-            def replaying(arch: Any) -> Any:
-                rec = replay.get(self.space.format(arch))
-                if rec is not None:
-                    from fastnas.metrics.combine import Score
-                    return Score(value=rec.score, parts=dict(rec.parts), flagged=rec.flagged)
-                return score_fn(arch)
-
-            def callback(event: str, info: Dict[str, Any]) -> None:
-                record = info["record"]
-                if record.text in replay:
-                    return
-                records.append(record.to_dict())
-                self.progress("search:candidate", {"record": record, "n_scored": len(records), "total": total,
-                                                   "generation": 0})
-                write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher,
-                                         "records": records})
-
-            self.progress("search:start", {"total": total, "done": len(records)})
-            if c.searcher == "random":
-                result = random_search(self.space, replaying, total, seed=derived_seed(c.seed, "search") % (2 ** 31),
-                                       max_params=c.max_params, max_flops=c.max_flops, topk=c.topk,
-                                       callback=callback)
-            else:
-                result = exhaustive(self.space, replaying, callback, max_params=c.max_params,
-                                    max_flops=c.max_flops, topk=c.topk)
-            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher,
-                                     "records": [r.to_dict() for r in result.history]})
+        self.progress("search:start", {"total": total, "done": searcher.n_scored})
+        result = run_search(searcher, score_fn, callback=callback)
+        save()
 
         elapsed = time.perf_counter() - t_search
         self.timer.add("recalibration", score_fn.recal_seconds)

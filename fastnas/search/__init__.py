@@ -1,51 +1,32 @@
-"""fastnas.search: search algorithms that see only the space protocol and a score function.
+"""fastnas.search: searchers of one ask/tell protocol; they see only the space protocol and scores.
 
-A score function maps an architecture to a number or a :class:`~fastnas.metrics.combine.Score`
-(higher is better). Searchers are registered by name: ``get_searcher("evolution")``.
+A searcher (:class:`Searcher`) proposes architectures with ``ask()`` and learns from their scores with
+``tell(archs, scores)``; it never scores anything itself, so one loop (:func:`run_search`) serves every
+searcher, on one process or sharded. A score function maps an architecture to a number or a
+:class:`~fastnas.metrics.combine.Score` (higher is better). Searchers are registered by name::
+
+    searcher = create_searcher("evolution", space, SearchConfig(population=20, generations=10))
+    result = run_search(searcher, score_fn)
+
+The functions :func:`evolve`, :func:`random_search` and :func:`exhaustive` run one searcher to the end.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List
-
 from fastnas.metrics.combine import Score
-from fastnas.search.evolution import EvolutionConfig, EvolutionState, evolve
+from fastnas.search.base import SearchConfig, Searcher, run_search
+from fastnas.search.batch import BatchSearcher
+from fastnas.search.evolution import Evolution, EvolutionConfig, EvolutionState, evolve
+from fastnas.search.exhaustive import ExhaustiveConfig, ExhaustiveSearch, exhaustive
 from fastnas.search.history import Constraints, SearchRecord, SearchResult
-from fastnas.search.random_search import exhaustive, random_search
-from fastnas._hints import did_you_mean
+from fastnas.search.random_search import RandomConfig, RandomSearch, random_search
+from fastnas.search.registry import create_searcher, get_searcher, list_searchers, register_searcher
 
 __all__ = [
-    "Score", "EvolutionConfig", "EvolutionState", "evolve", "random_search", "exhaustive",
+    "Score", "Searcher", "BatchSearcher", "SearchConfig", "run_search",
+    "Evolution", "EvolutionConfig", "EvolutionState", "evolve",
+    "RandomSearch", "RandomConfig", "random_search",
+    "ExhaustiveSearch", "ExhaustiveConfig", "exhaustive",
     "Constraints", "SearchRecord", "SearchResult",
-    "register_searcher", "get_searcher", "list_searchers",
+    "register_searcher", "create_searcher", "get_searcher", "list_searchers",
 ]
-
-_SEARCHERS: Dict[str, Callable[..., SearchResult]] = {}
-
-
-def register_searcher(name: str) -> Callable[[Callable[..., SearchResult]], Callable[..., SearchResult]]:
-    """Decorator registering ``fn(space, score_fn, ...) -> SearchResult`` under ``name``."""
-
-    def deco(fn: Callable[..., SearchResult]) -> Callable[..., SearchResult]:
-        _SEARCHERS[name] = fn
-        return fn
-
-    return deco
-
-
-def list_searchers() -> List[str]:
-    return sorted(_SEARCHERS)
-
-
-def get_searcher(name: str) -> Callable[..., SearchResult]:
-    """The searcher registered under ``name`` (``ValueError`` with close matches if unknown)."""
-    if name not in _SEARCHERS:
-        hint = did_you_mean(name, list(_SEARCHERS), n=3)
-        raise ValueError(f"searcher={name!r} is not a known searcher; expected one of "
-                         f"{list_searchers()}{hint}")
-    return _SEARCHERS[name]
-
-
-register_searcher("evolution")(evolve)
-register_searcher("random")(random_search)
-register_searcher("exhaustive")(exhaustive)

@@ -12,10 +12,12 @@ One generation:
    Order: unflagged before flagged (NaN/inf scores are flagged), higher score first, then first seen.
 
 ``generations`` counts scored generations, so at most ``population * generations`` architectures are
-scored. The search state (generation, random-number state, queued candidates, top-k, history) is a
-plain object with a JSON-safe :meth:`EvolutionState.state_dict`; a run resumed from any checkpoint the
-callback took produces exactly the history of an uninterrupted run. Candidates are proposed (all random
-draws of a generation) before any is scored, so the random stream never depends on scoring.
+scored. :class:`Evolution` is the ask/tell searcher (``ask()`` returns a generation, ``tell`` takes its
+scores); it is its own state (generation, random-number state, queued candidates, top-k, history), with
+a JSON-safe :meth:`Evolution.state_dict`: a search resumed from any checkpoint the callback took
+produces exactly the history of an uninterrupted one. Candidates are proposed (all random draws of a
+generation) before any is scored, so the random stream never depends on scoring. :func:`evolve` is
+:func:`~fastnas.search.base.run_search` of an :class:`Evolution`.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import dataclasses
 import logging
 import random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from fastnas._hints import did_you_mean
 from fastnas.metrics.combine import Score
-from fastnas.search.history import (
-    Callback, Constraints, Proposer, ScoreFn, SearchRecord, SearchResult, score_arch, top_indices,
-)
+from fastnas.search.base import SearchConfig, run_search
+from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
+from fastnas.search.history import Callback, Constraints, Proposer, ScoreFn, SearchResult, top_indices
+from fastnas.search.registry import register_searcher
 
-__all__ = ["EvolutionConfig", "EvolutionState", "evolve", "Score"]
+__all__ = ["EvolutionConfig", "Evolution", "EvolutionState", "evolve", "Score"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ _STATE_VERSION = 1
 
 @dataclass(frozen=True)
 class EvolutionConfig:
-    """Settings of :func:`evolve` (defaults: SPOS / GeNAS DARTS).
+    """Settings of :class:`Evolution` and :func:`evolve` (defaults: SPOS / GeNAS DARTS).
 
     Attributes:
         population: candidates per generation.
@@ -106,58 +109,105 @@ class EvolutionConfig:
         return cls(**{k: v for k, v in d.items() if v is not None})
 
 
-def _rng_to_json(state: Tuple[Any, ...]) -> List[Any]:
-    version, internal, gauss_next = state
-    return [version, list(internal), gauss_next]
+    @classmethod
+    def from_search_config(cls, config: SearchConfig) -> "EvolutionConfig":
+        """The evolution settings of a run's :class:`~fastnas.search.base.SearchConfig`."""
+        return cls(population=config.population, topk=config.topk, mutations=config.mutations,
+                   crossovers=config.crossovers, mutate_prob=config.mutate_prob, generations=config.generations,
+                   seed=config.seed, max_params=config.max_params, max_flops=config.max_flops,
+                   max_tries=config.max_tries)
 
 
-def _rng_from_json(data: List[Any]) -> Tuple[Any, ...]:
-    version, internal, gauss_next = data
-    return (int(version), tuple(int(v) for v in internal), gauss_next)
-
-
-class EvolutionState:
-    """Everything needed to continue an evolutionary search; mutated in place by :func:`evolve`.
+class Evolution(BatchSearcher):
+    """Evolutionary search as a :class:`~fastnas.search.base.Searcher`: one round is one generation.
 
     Attributes:
-        config: the settings the state was made with.
+        config: the settings.
         generation: index of the generation in progress (or next to start).
-        rng: the search's ``random.Random``.
-        pending: ``(arch, origin)`` proposed for the current generation and not yet scored, or None
-            when the generation's candidates are still to be proposed.
+        rng: the search's ``random.Random`` (drawn from only while proposing a generation).
+        pending: ``(arch, origin)`` of the current generation not yet scored, or None when the
+            generation's candidates are still to be proposed.
         topk: indices into ``history`` of the current top-k, best first.
         history: every scored record, in order.
         exhausted: the last attempt to propose candidates found nothing new.
     """
 
     def __init__(self, space: Any, config: Optional[EvolutionConfig] = None) -> None:
-        self.space = space
+        super().__init__(space)
         self.config = config if config is not None else EvolutionConfig()
         self.generation = 0
         self.rng = random.Random(self.config.seed)
-        self.pending: Optional[List[Tuple[Any, str]]] = None
         self.topk: List[int] = []
-        self.history: List[SearchRecord] = []
         self.exhausted = False
-        self.measured: Dict[Any, Tuple[Optional[int], Optional[float]]] = {}
 
     @property
-    def seen(self) -> set:
-        """Every architecture scored or queued (derived: not stored in the state dict)."""
-        seen = {r.arch for r in self.history}
-        seen.update(arch for arch, _ in self.pending or ())
-        return seen
+    def done(self) -> bool:
+        return self.pending is None and (self.exhausted or self.generation >= self.config.generations)
+
+    @property
+    def rounds_done(self) -> int:
+        return self.generation
+
+    @property
+    def planned_rounds(self) -> int:
+        return self.config.generations
+
+    @property
+    def total(self) -> int:
+        return self.config.population * self.config.generations
+
+    def _generation(self) -> int:
+        return self.generation
+
+    def _propose(self) -> List[Tuple[Any, str]]:
+        """The candidates of the current generation (all random draws happen here)."""
+        cfg, rng, space = self.config, self.rng, self.space
+        proposer = Proposer(space, Constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
+        out: List[Tuple[Any, str]] = []
+        parents = [self.history[i].arch for i in self.topk]
+        if parents:
+            for _ in range(cfg.mutations):
+                child = proposer.propose(lambda: space.mutate(rng.choice(parents), cfg.mutate_prob, rng))
+                if child is not None:
+                    out.append((child, "mutation"))
+            if len(parents) >= 2:
+                for _ in range(cfg.crossovers):
+                    child = proposer.propose(lambda: space.crossover(*rng.sample(parents, 2), rng))
+                    if child is not None:
+                        out.append((child, "crossover"))
+        while len(out) < cfg.population:
+            child = proposer.random(rng)
+            if child is None:
+                break
+            out.append((child, "random"))
+        self.measured.update(proposer.measured)
+        if out:
+            self.exhausted = False
+        return out
+
+    def _nothing_new(self) -> None:
+        self.exhausted = True
+        logger.info("evolution: no new admissible architecture at generation %d; stopping", self.generation)
+
+    def _close_round(self) -> None:
+        gen = self.generation
+        new = [i for i in range(len(self.history)) if self.history[i].generation == gen]
+        self.topk = top_indices(self.history, list(self.topk) + new, self.config.topk)
+        self.generation += 1
+        best = self.history[self.topk[0]]
+        logger.info("evolution: generation %d/%d scored %d, best %.6g %s", gen + 1, self.config.generations,
+                    len(new), best.score, best.text)
 
     def state_dict(self) -> Dict[str, Any]:
         """A JSON-serialisable snapshot (architectures as their text forms)."""
-        fmt = self.space.format
         return {
             "version": _STATE_VERSION,
+            "kind": "evolution",
             "space": getattr(self.space, "name", None),
             "config": self.config.to_dict(),
             "generation": self.generation,
-            "rng": _rng_to_json(self.rng.getstate()),
-            "pending": None if self.pending is None else [[fmt(a), origin] for a, origin in self.pending],
+            "rng": rng_to_json(self.rng.getstate()),
+            "pending": self._pending_to_json(),
             "topk": list(self.topk),
             "history": [r.to_dict() for r in self.history],
             "exhausted": self.exhausted,
@@ -165,27 +215,22 @@ class EvolutionState:
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
         """Restores a snapshot taken by :meth:`state_dict` (of a state of the same space)."""
-        if d.get("version") != _STATE_VERSION:
-            raise ValueError(f"state version {d.get('version')!r}: expected {_STATE_VERSION}")
-        space_name = getattr(self.space, "name", None)
-        if d.get("space") is not None and space_name is not None and d["space"] != space_name:
-            raise ValueError(f"state is of space {d['space']!r}, not {space_name!r}")
-        parse = self.space.parse
+        check_state(d, _STATE_VERSION, self.space, "evolution", kind="evolution")
         self.config = EvolutionConfig.from_dict(d["config"])
         self.generation = int(d["generation"])
         self.rng = random.Random()
-        self.rng.setstate(_rng_from_json(d["rng"]))
-        pending = d.get("pending")
-        self.pending = None if pending is None else [(parse(text), str(origin)) for text, origin in pending]
-        self.history = [SearchRecord.from_dict(r, self.space) for r in d["history"]]
+        self.rng.setstate(rng_from_json(d["rng"]))
+        self._load_records(d)
         self.topk = [int(i) for i in d["topk"]]
         if any(not 0 <= i < len(self.history) for i in self.topk):
             raise ValueError(f"state topk={self.topk} refers past the history ({len(self.history)} records)")
         self.exhausted = bool(d.get("exhausted", False))
-        self.measured = {}
+        if self.pending == []:  # saved by an older fastnas after the last candidate, before the close
+            self.pending = None
+            self._close_round()
 
     @classmethod
-    def from_state_dict(cls, space: Any, d: Mapping[str, Any]) -> "EvolutionState":
+    def from_state_dict(cls, space: Any, d: Mapping[str, Any]) -> "Evolution":
         state = cls(space, EvolutionConfig.from_dict(d["config"]))
         state.load_state_dict(d)
         return state
@@ -196,29 +241,20 @@ class EvolutionState:
                             config=self.config.to_dict())
 
 
-def _propose(state: EvolutionState) -> List[Tuple[Any, str]]:
-    """The candidates of the current generation (all random draws happen here)."""
-    cfg, rng, space = state.config, state.rng, state.space
-    proposer = Proposer(space, Constraints(cfg.max_params, cfg.max_flops), state.seen, cfg.max_tries)
-    out: List[Tuple[Any, str]] = []
-    parents = [state.history[i].arch for i in state.topk]
-    if parents:
-        for _ in range(cfg.mutations):
-            child = proposer.propose(lambda: space.mutate(rng.choice(parents), cfg.mutate_prob, rng))
-            if child is not None:
-                out.append((child, "mutation"))
-        if len(parents) >= 2:
-            for _ in range(cfg.crossovers):
-                child = proposer.propose(lambda: space.crossover(*rng.sample(parents, 2), rng))
-                if child is not None:
-                    out.append((child, "crossover"))
-    while len(out) < cfg.population:
-        child = proposer.random(rng)
-        if child is None:
-            break
-        out.append((child, "random"))
-    state.measured.update(proposer.measured)
-    return out
+EvolutionState = Evolution
+"""The former name of :class:`Evolution` (the searcher is its own state)."""
+
+
+@register_searcher("evolution")
+def _create_evolution(space: Any, config: Union[SearchConfig, EvolutionConfig, None] = None,
+                      **kwargs: Any) -> Evolution:
+    if config is None or isinstance(config, EvolutionConfig):
+        cfg = config
+    else:
+        cfg = EvolutionConfig.from_search_config(config)
+    if kwargs:
+        cfg = dataclasses.replace(cfg or EvolutionConfig(), **kwargs)
+    return Evolution(space, cfg)
 
 
 def _check_resume(config: EvolutionConfig, saved: EvolutionConfig) -> EvolutionConfig:
@@ -232,15 +268,15 @@ def _check_resume(config: EvolutionConfig, saved: EvolutionConfig) -> EvolutionC
 
 
 def evolve(space: Any, score_fn: ScoreFn, config: Optional[EvolutionConfig] = None, *,
-           state: Optional[EvolutionState] = None, callback: Optional[Callback] = None) -> SearchResult:
-    """Evolutionary search over ``space`` maximising ``score_fn``.
+           state: Optional[Evolution] = None, callback: Optional[Callback] = None) -> SearchResult:
+    """Evolutionary search over ``space`` maximising ``score_fn`` (:func:`run_search` of an :class:`Evolution`).
 
     Args:
         space: a :class:`fastnas.spaces.Space` (only ``sample``, ``mutate``, ``crossover``, ``validate``,
             ``format``, ``params``, ``flops`` and, for tiny spaces, ``size``/``enumerate`` are used).
         score_fn: ``arch -> float`` or ``arch -> Score``; higher is better; NaN/inf are flagged.
         config: settings (default :class:`EvolutionConfig`); when resuming, None means the state's.
-        state: an :class:`EvolutionState` to continue (e.g. ``EvolutionState.from_state_dict(space, d)``);
+        state: an :class:`Evolution` to continue (e.g. ``Evolution.from_state_dict(space, d)``);
             it is updated in place. None starts afresh.
         callback: ``callback(event, payload)``, called with ``"candidate"`` after each scored
             architecture (payload: ``generation``, ``record``, ``index`` and ``count`` within the
@@ -252,41 +288,23 @@ def evolve(space: Any, score_fn: ScoreFn, config: Optional[EvolutionConfig] = No
         A :class:`SearchResult`; ``topk`` is the final top-k, best first.
     """
     if state is None:
-        state = EvolutionState(space, config)
+        state = Evolution(space, config)
     else:
         state.space = space
         if config is not None:
+            if config.generations != state.config.generations:
+                state.exhausted = False  # a longer search tries to propose again
             state.config = _check_resume(config, state.config)
-    cfg = state.config
-    while state.generation < cfg.generations:
-        if state.pending is None:
-            pending = _propose(state)
-            if not pending:
-                state.exhausted = True
-                logger.info("evolution: no new admissible architecture at generation %d; stopping",
-                            state.generation)
-                break
-            state.pending = pending
-            state.exhausted = False
-        gen = state.generation
-        count = len(state.pending) + sum(1 for r in state.history if r.generation == gen)
-        while state.pending:
-            arch, origin = state.pending[0]
-            record = score_arch(space, score_fn, arch, gen, origin, state.measured.pop(arch, None))
-            state.history.append(record)
-            state.pending.pop(0)
-            if callback is not None:
-                callback("candidate", {"generation": gen, "record": record,
-                                       "index": count - len(state.pending) - 1, "count": count,
-                                       "state": state})
-        new = [i for i in range(len(state.history)) if state.history[i].generation == gen]
-        state.topk = top_indices(state.history, list(state.topk) + new, cfg.topk)
-        state.pending = None
-        state.generation += 1
-        best = state.history[state.topk[0]]
-        logger.info("evolution: generation %d/%d scored %d, best %.6g %s", gen + 1, cfg.generations,
-                    len(new), best.score, best.text)
-        if callback is not None:
-            callback("generation", {"generation": gen, "topk": [state.history[i] for i in state.topk],
-                                    "best": best, "n_scored": len(state.history), "state": state})
-    return state.result()
+
+    def adapter(event: str, info: Dict[str, Any]) -> None:
+        if event == "candidate":
+            gen = info["generation"]
+            left = len(state.pending or ())
+            count = left + sum(1 for r in state.history if r.generation == gen)
+            callback("candidate", {"generation": gen, "record": info["record"], "index": count - left - 1,
+                                   "count": count, "state": state})
+        else:
+            callback("generation", {"generation": info["generation"], "topk": info["topk"], "best": info["best"],
+                                    "n_scored": info["n_scored"], "state": state})
+
+    return run_search(state, score_fn, callback=adapter if callback is not None else None)

@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optio
 
 from fastnas.metrics.combine import Score
 
-__all__ = ["SearchRecord", "SearchResult", "Constraints", "ScoreFn", "Callback", "ORIGINS"]
+__all__ = ["SearchRecord", "SearchResult", "Constraints", "Proposer", "ScoreFn", "Callback", "ORIGINS",
+           "best_of", "coerce_score", "make_record", "score_arch", "top_indices"]
 
 Arch = Hashable
 ScoreFn = Callable[[Arch], Union[float, Score]]
@@ -152,6 +153,13 @@ class SearchResult:
         }
 
 
+def best_of(history: List[SearchRecord], topk: int, exhausted: bool, config: Dict[str, Any]) -> SearchResult:
+    """The result of a search whose top-k is simply the best ``topk`` of everything scored."""
+    best = top_indices(history, range(len(history)), topk)
+    return SearchResult(history=list(history), topk=[history[i] for i in best], generations=1,
+                        exhausted=exhausted, config=config)
+
+
 def _measure(fn: Callable[[Arch], Any], arch: Arch) -> Any:
     try:
         return fn(arch)
@@ -195,7 +203,8 @@ class Proposer:
     """Proposes new admissible architectures: valid, within the constraints, never seen before.
 
     ``seen`` holds every architecture already scored or queued; ``measured`` caches params/FLOPs of the
-    accepted ones so they are computed once.
+    accepted ones so they are computed once; ``remaining`` (None until sampling first fails in a finite
+    space) lists the admissible architectures still unseen then, which :meth:`random` draws from.
     """
 
     def __init__(self, space: Any, constraints: Constraints, seen: set, max_tries: int) -> None:
@@ -204,7 +213,7 @@ class Proposer:
         self.seen = seen
         self.max_tries = max_tries
         self.measured: Dict[Arch, Tuple[Optional[int], Optional[float]]] = {}
-        self._remaining: Optional[List[Arch]] = None
+        self.remaining: Optional[List[Arch]] = None
 
     def admit(self, arch: Arch) -> Optional[Arch]:
         """The canonical ``arch`` if it is new and admissible (then marked seen), else None."""
@@ -234,12 +243,12 @@ class Proposer:
         arch = self.propose(lambda: self.space.sample(rng))
         if arch is not None:
             return arch
-        if self._remaining is None:
-            self._remaining = self._unseen_admissible()
-            if self._remaining is None:
+        if self.remaining is None:
+            self.remaining = self._unseen_admissible()
+            if self.remaining is None:
                 return None
-        while self._remaining:
-            pick = self._remaining.pop(rng.randrange(len(self._remaining)))
+        while self.remaining:
+            pick = self.remaining.pop(rng.randrange(len(self.remaining)))
             arch = self.admit(pick)
             if arch is not None:
                 return arch
@@ -255,12 +264,18 @@ class Proposer:
         return [a for a in every if a not in self.seen and self.constraints.measure(self.space, a)[0]]
 
 
-def score_arch(space: Any, score_fn: ScoreFn, arch: Arch, generation: int, origin: str,
-               measured: Optional[Tuple[Optional[int], Optional[float]]] = None) -> SearchRecord:
-    """Scores ``arch`` and returns its record."""
+def make_record(space: Any, arch: Arch, score: Any, generation: int, origin: str,
+                measured: Optional[Tuple[Optional[int], Optional[float]]] = None) -> SearchRecord:
+    """The record of ``arch`` scored ``score`` (a number or a ``Score``; params/FLOPs measured if not given)."""
     if measured is None:
         measured = (_measure(space.params, arch), _measure(space.flops, arch))
-    score = coerce_score(score_fn(arch))
+    score = coerce_score(score)
     return SearchRecord(generation=generation, arch=arch, text=space.format(arch), score=score.value,
                         parts=dict(score.parts), flagged=score.flagged, params=measured[0],
                         flops=measured[1], origin=origin)
+
+
+def score_arch(space: Any, score_fn: ScoreFn, arch: Arch, generation: int, origin: str,
+               measured: Optional[Tuple[Optional[int], Optional[float]]] = None) -> SearchRecord:
+    """Scores ``arch`` and returns its record."""
+    return make_record(space, arch, score_fn(arch), generation, origin, measured)

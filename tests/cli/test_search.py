@@ -87,33 +87,6 @@ def test_train_supernet_then_search_with_other_search_settings(cli, tmp_path):
     assert r.code == 2 and "cannot change metric" in r.err
 
 
-def test_random_search_resumes_by_replaying_recorded_scores(cli, tmp_path):
-    import shutil
-
-    full = tmp_path / "full"
-    assert cli("search", *TINY, "--searcher", "random", "--out", full).code == 0
-    # The state a kill after the third candidate leaves: 3 records, search started, no report.
-    part = tmp_path / "part"
-    shutil.copytree(full, part)
-    state = json.loads((part / "search_state.json").read_text())
-    state["records"] = state["records"][:3]
-    (part / "search_state.json").write_text(json.dumps(state))
-    run_state = json.loads((part / "state.json").read_text())
-    run_state["phases"] = {"train": "done", "search": "started"}
-    (part / "state.json").write_text(json.dumps(run_state))
-    (part / "result.json").unlink()
-    r = cli("search", "--resume", part)
-    assert r.code == 0, r.err
-
-    def strip(p):
-        d = json.loads((p / "result.json").read_text())
-        d.pop("timings")
-        return d
-
-    assert strip(part) == strip(full)
-    assert json.loads((part / "result.json").read_text())["timings"]["scoring"]["calls"] == 5  # 8 - 3
-
-
 def test_search_with_ground_truth_adds_kendall(cli, tmp_path):
     import itertools
     import random

@@ -119,3 +119,62 @@ def test_scatter_plot_writes_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert res.n == 50 and res.tau > 0
+
+
+def test_correlate_drops_flagged_and_nonfinite_scores():
+    # A flagged candidate's score is -inf (fastnas.metrics.scores); kept, the three would be tied last
+    # and count as concordant/discordant pairs. Dropped, tau is that of the finite scores alone.
+    truth = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0, "f": 6.0, "g": 7.0, "h": float("inf")}
+    scores = {"a": 0.3, "b": 0.1, "c": 0.2, "d": 0.5, "e": float("-inf"), "f": float("-inf"),
+              "g": float("inf"), "h": 0.4}
+    res = correlate(scores, truth)
+    finite = ["a", "b", "c", "d"]
+    expected = _scipy([scores[k] for k in finite], [truth[k] for k in finite])
+    assert (res.n, res.n_flagged, res.n_dropped, res.n_unmatched) == (4, 3, 4, 0)
+    assert _same(res.tau, expected[0]) and _same(res.spearman, expected[1])
+    # by hand: of the 6 pairs of (0.3,1) (0.1,2) (0.2,3) (0.5,4), 4 concordant, 2 discordant
+    assert res.tau == pytest.approx(1 / 3)
+
+
+def test_correlate_drops_candidates_named_flagged_even_with_a_finite_score():
+    truth = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+    scores = {"a": 1.0, "b": 2.0, "c": 3.0, "d": -5.0}
+    res = correlate(scores, truth, flagged={"d"})
+    assert (res.n, res.n_flagged, res.n_dropped) == (3, 1, 1) and res.tau == pytest.approx(1.0)
+    assert correlate(scores, truth).tau < 1.0
+
+
+def test_scatter_plot_drops_flagged_too(tmp_path):
+    truth = {f"a{i}": float(i) for i in range(6)}
+    scores = {f"a{i}": float(i) for i in range(6)}
+    scores["a0"] = scores["a1"] = float("-inf")
+    res = scatter_plot(scores, truth, tmp_path / "k.png")
+    assert (res.n, res.n_flagged) == (4, 2) and res.tau == pytest.approx(1.0)
+
+
+def test_kendall_command_says_what_it_dropped(tmp_path, capsys):
+    import csv
+
+    from fastnas.cli import main
+    from fastnas.run.config import RunConfig
+    from fastnas.run.rundir import RunDir
+
+    archs = ["|none~0|+|none~0|none~1|+|none~0|none~1|none~2|".replace("none~2", f"{op}~2")
+             for op in ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")]
+    run = RunDir(tmp_path / "run")
+    run.create(RunConfig(out=str(tmp_path / "run")))
+    with open(run / run.HISTORY, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["index", "generation", "origin", "arch", "score", "flagged"])
+        for i, (arch, score, flagged) in enumerate(zip(archs, ["1.0", "2.0", "3.0", "-inf", "-inf"], "00011")):
+            w.writerow([i, 0, "random", arch, score, flagged])
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arch", "acc"])
+        for arch, acc in zip(archs, ["10", "20", "", "40", "50"]):
+            w.writerow([arch, acc])
+    assert main(["kendall", "--run", str(run.path), "--truth", str(truth), "--plot", str(tmp_path / "k.png")]) == 0
+    out = capsys.readouterr().out
+    assert "Kendall tau 1.0000" in out and "over 2 architectures" in out
+    assert "dropped: 2 with a flagged or non-finite score, 1 with no finite accuracy; 0 without ground truth" in out

@@ -4,7 +4,8 @@ import pytest
 from _toy_space import separable
 
 from fastnas.search import (
-    EvolutionConfig, evolve, exhaustive, get_searcher, list_searchers, random_search, register_searcher,
+    RandomConfig, RandomSearch, SearchConfig, create_searcher, exhaustive, get_searcher, list_searchers,
+    random_search, register_searcher, run_search,
 )
 
 
@@ -41,28 +42,26 @@ def test_exhaustive_finds_global_optimum(toy_space):
     assert result.best.arch == (4, 0, 4, 0, 4, 0)
 
 
-def test_registry():
+def test_registry(monkeypatch):
+    from fastnas.search import registry
+
+    monkeypatch.setattr(registry, "_SEARCHERS", dict(registry._SEARCHERS))  # the registration below is undone
     assert {"evolution", "random", "exhaustive"} <= set(list_searchers())
-    assert get_searcher("evolution") is evolve
     with pytest.raises(ValueError, match="did you mean 'evolution'"):
         get_searcher("evolutoin")
 
     @register_searcher("_test_first")
-    def first(space, score_fn, **kw):
-        return random_search(space, score_fn, 1)
+    def first(space, config=None, **kw):
+        return RandomSearch(space, RandomConfig(n=1))
 
     assert get_searcher("_test_first") is first and "_test_first" in list_searchers()
+    assert isinstance(create_searcher("_test_first", None), RandomSearch)
 
 
 @pytest.mark.parametrize("name", ["evolution", "random", "exhaustive"])
 def test_every_searcher_runs_on_tiny_space(tiny_space, name):
-    fn = get_searcher(name)
-    if name == "evolution":
-        result = fn(tiny_space, lambda a: float(sum(a)), EvolutionConfig(population=2, topk=1, mutations=1,
-                                                                          crossovers=0, generations=3))
-    elif name == "random":
-        result = fn(tiny_space, lambda a: float(sum(a)), 4)
-    else:
-        result = fn(tiny_space, lambda a: float(sum(a)))
-    assert result.best.arch == (1, 1)
+    config = SearchConfig(population=2, topk=1, mutations=1, crossovers=0, generations=3)
+    searcher = create_searcher(name, tiny_space, config)
+    result = run_search(searcher, lambda a: float(sum(a)))
+    assert result.best.arch == (1, 1) and searcher.done and searcher.ask() == []
     assert result.to_dict()["best"]["text"] == "1-1"
