@@ -2,7 +2,7 @@
 
 Each setting is declared once (:mod:`fastnas.run.settings`): the data and run settings here, the others
 derived from the component config that owns them -- :class:`fastnas.train.TrainConfig` (section
-``train``), :class:`fastnas.search.EvolutionConfig` (``search``), :class:`fastnas.metrics.FlatnessConfig`
+``train``), :class:`fastnas.search.SearchConfig` (``search``), :class:`fastnas.metrics.FlatnessConfig`
 (``score``) -- with run defaults where a run differs from the library. A setting's name is its TOML key
 (in the section's table, or flat) and, with ``_`` written as ``-``, its command-line flag
 (``batch_size`` <-> ``--batch-size``); the CLI builds its flags, help and choices from :data:`SECTIONS`.
@@ -57,7 +57,7 @@ NOISE_MODES = ("independent", "cumulative", "shared")
 
 def _sections() -> Tuple[Section, ...]:
     from fastnas.metrics.flatness import FlatnessConfig
-    from fastnas.search import EvolutionConfig
+    from fastnas.search import SearchConfig
     from fastnas.train import TrainConfig
 
     data = Section("data", "data and search space", (
@@ -85,7 +85,7 @@ def _sections() -> Tuple[Section, ...]:
     search = Section("search", "search", (
         Setting("searcher", "str", "evolution", "the search algorithm; random scores population x generations "
                 "samples", choices=_searchers, phase="search"),
-    ) + derive_settings(EvolutionConfig, phase="search", exclude=("seed",), overrides={
+    ) + derive_settings(SearchConfig, phase="search", exclude=("seed",), overrides={
         "population": {"default": 20},
         "generations": {"default": 10, "help": "generations, the random one included"},
         "topk": {"default": None, "default_text": "population / 4, at least 2"},
@@ -93,7 +93,7 @@ def _sections() -> Tuple[Section, ...]:
         "crossovers": {"default": None, "default_text": "population / 2"},
         "max_params": {"default_text": "none"},
         "max_flops": {"default_text": "none"},
-    }), component=EvolutionConfig)
+    }), component=SearchConfig)
     score = Section("score", "scores", (
         Setting("metric", "str", "angle+flatness", "the score to rank candidates by", choices=_metrics,
                 phase="search"),
@@ -160,7 +160,7 @@ class RunConfig:
 
     ``RunConfig(epochs=5, metric="angle")`` takes settings by name; ``config.epochs`` reads one;
     ``config.section("train")`` gives a section's values and :meth:`component` builds the component
-    config a section feeds (``TrainConfig``, ``EvolutionConfig``, ``FlatnessConfig``). Immutable:
+    config a section feeds (``TrainConfig``, ``SearchConfig``, ``FlatnessConfig``). Immutable:
     :meth:`replace` returns a changed copy. ``None`` means "choose for me" and never overrides a value
     from another source (defaults < ``--config FILE.toml`` < flags).
 
@@ -288,7 +288,9 @@ def _validate(v: Dict[str, Any]) -> None:
     if v["seed"] >= 2 ** 32:
         _fail("seed", v["seed"], "an integer in [0, 2**32)")
     SECTION["train"].build(v, seed=v["seed"])
-    SECTION["search"].build(_search_filled(v), seed=0)
+    from fastnas.search import check_searcher_config
+
+    check_searcher_config(v["searcher"], SECTION["search"].build(_search_filled(v), seed=0))
     SECTION["score"].build(v, seed=v["seed"])
 
 

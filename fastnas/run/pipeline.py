@@ -358,10 +358,7 @@ class Run:
 
         def searcher_config(c: RunConfig) -> SearchConfig:
             """What the run gives its searcher (each searcher reads the settings it needs)."""
-            return SearchConfig(population=c.population, generations=c.generations, topk=c.topk,
-                                mutations=c.mutations, crossovers=c.crossovers, mutate_prob=c.mutate_prob,
-                                seed=derived_seed(c.seed, "search") % (2 ** 31), max_params=c.max_params,
-                                max_flops=c.max_flops)
+            return c.component("search", seed=derived_seed(c.seed, "search") % (2 ** 31))
 
         c = self.config
         self.progress("phase", {"name": "search", "status": "start"})

@@ -133,7 +133,7 @@ class Section:
         return self.component(**kwargs)
 
 
-_ARG = re.compile(r"^(\s+)(\w+)(?:\s*\([^)]*\))?:\s*(.*)$")
+_ARG = re.compile(r"^(\s+)(\w+(?:,\s*\w+)*)(?:\s*\([^)]*\))?:\s*(.*)$")
 
 
 def doc_help(cls: type) -> Dict[str, str]:

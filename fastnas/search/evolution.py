@@ -245,7 +245,7 @@ EvolutionState = Evolution
 """The former name of :class:`Evolution` (the searcher is its own state)."""
 
 
-@register_searcher("evolution")
+@register_searcher("evolution", check=lambda config: EvolutionConfig.from_search_config(config))
 def _create_evolution(space: Any, config: Union[SearchConfig, EvolutionConfig, None] = None,
                       **kwargs: Any) -> Evolution:
     if config is None or isinstance(config, EvolutionConfig):

@@ -6,28 +6,45 @@ searcher's own config class, or None (its defaults). ``**kw`` are the searcher's
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from fastnas._hints import did_you_mean
 from fastnas.search.base import Searcher
 
-__all__ = ["register_searcher", "create_searcher", "get_searcher", "list_searchers", "SearcherFactory"]
+__all__ = ["register_searcher", "create_searcher", "get_searcher", "list_searchers", "check_searcher_config",
+           "SearcherFactory"]
 
 SearcherFactory = Callable[..., Searcher]
 
 _SEARCHERS: Dict[str, SearcherFactory] = {}
+_CHECKS: Dict[str, Callable[[Any], Any]] = {}
 
 
-def register_searcher(name: str) -> Callable[[SearcherFactory], SearcherFactory]:
-    """Decorator registering ``factory(space, config=None, **kw) -> Searcher`` under ``name``."""
+def register_searcher(name: str, *, check: Optional[Callable[[Any], Any]] = None
+                      ) -> Callable[[SearcherFactory], SearcherFactory]:
+    """Decorator registering ``factory(space, config=None, **kw) -> Searcher`` under ``name``.
+
+    ``check(search_config)`` raises ``ValueError`` for settings the searcher cannot run with (e.g.
+    evolution's ``topk > population``), so a run can refuse them before it trains anything."""
     if not (isinstance(name, str) and name):
         raise ValueError(f"name={name!r}: expected a non-empty string")
 
     def deco(factory: SearcherFactory) -> SearcherFactory:
         _SEARCHERS[name] = factory
+        if check is not None:
+            _CHECKS[name] = check
         return factory
 
     return deco
+
+
+def check_searcher_config(name: str, config: Any) -> None:
+    """Validates ``config`` (a :class:`~fastnas.search.base.SearchConfig`) for searcher ``name`` without a
+    space; ``ValueError`` names the setting."""
+    get_searcher(name)
+    check = _CHECKS.get(name)
+    if check is not None:
+        check(config)
 
 
 def list_searchers() -> List[str]:

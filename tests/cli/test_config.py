@@ -55,14 +55,14 @@ def test_population_one_needs_no_topk():
 
 def test_sections_build_their_component_configs():
     from fastnas.metrics import FlatnessConfig
-    from fastnas.search import EvolutionConfig
+    from fastnas.search import SearchConfig
     from fastnas.train import TrainConfig
 
     c = RunConfig(epochs=3, nesterov=True, population=8, recal_batches=2, score_batch_size=32, seed=5)
     t = c.component("train", seed=c.seed)
     assert isinstance(t, TrainConfig) and (t.epochs, t.nesterov, t.seed) == (3, True, 5)
     e = c.component("search", seed=9)
-    assert isinstance(e, EvolutionConfig) and (e.population, e.topk, e.mutations, e.seed) == (8, 2, 4, 9)
+    assert isinstance(e, SearchConfig) and (e.population, e.topk, e.mutations, e.seed) == (8, 2, 4, 9)
     f = c.component("score", seed=c.seed)
     assert isinstance(f, FlatnessConfig) and (f.bn_batches, f.batch_size, f.seed) == (2, 32, 5)
 
@@ -112,12 +112,12 @@ def test_every_component_field_has_a_flag_with_help():
 
     from fastnas.cli.parser import build_parser
     from fastnas.metrics import FlatnessConfig
-    from fastnas.search import EvolutionConfig
+    from fastnas.search import SearchConfig
     from fastnas.train import TrainConfig
 
     text = build_parser()._subparsers._group_actions[0].choices["search"].format_help()
     from fastnas.run.config import SETTINGS
-    for cls in (TrainConfig, EvolutionConfig, FlatnessConfig):
+    for cls in (TrainConfig, SearchConfig, FlatnessConfig):
         for f in dataclasses.fields(cls):
             if f.name == "seed":
                 continue
