@@ -1,4 +1,5 @@
-"""fastnas.metrics: scores of a candidate (accuracy, angle, flatness, combined) and rank correlation."""
+"""fastnas.metrics: score parts of a candidate (accuracy, angle, flatness, ...), metrics (weighted sums of
+parts), score functions and rank correlation."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from fastnas.metrics.evaluator import (
 )
 from fastnas.metrics.fastcopy import foldable_copy
 from fastnas.metrics.flatness import PRESETS, FlatnessConfig, FlatnessResult, flatness, supernet_flatness
+from fastnas.metrics.metric import METRIC_PRESETS, Metric, Term
+from fastnas.metrics.parts import (
+    NEEDS, PartContext, ScorePart, get_score_part, list_score_parts, register_score_part,
+)
 from fastnas.metrics.rank import RankResult, correlate, kendall_tau, load_ground_truth, scatter_plot, spearman
-from fastnas.metrics.scores import DEFAULT_GAMMA, METRICS, ScoreFunction, make_score_fn
+from fastnas.metrics.scores import DEFAULT_GAMMA, METRICS, ScoreFunction, default_flatness_config, make_score_fn
 
 __all__ = [
     "accuracy", "angle", "angle_pieces", "AngleScorer", "ANGLE_CONVENTIONS",
@@ -20,5 +25,7 @@ __all__ = [
     "foldable_copy", "noise_stream",
     "FlatnessConfig", "FlatnessResult", "flatness", "supernet_flatness", "PRESETS",
     "RankResult", "kendall_tau", "spearman", "load_ground_truth", "correlate", "scatter_plot",
-    "make_score_fn", "ScoreFunction", "METRICS", "DEFAULT_GAMMA",
+    "make_score_fn", "ScoreFunction", "METRICS", "DEFAULT_GAMMA", "default_flatness_config",
+    "Metric", "Term", "METRIC_PRESETS",
+    "register_score_part", "list_score_parts", "get_score_part", "ScorePart", "PartContext", "NEEDS",
 ]

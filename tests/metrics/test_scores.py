@@ -84,3 +84,70 @@ def test_search_split_input(setup):
     a = make_score_fn("accuracy", sn, split=split, bn_batches=2, bn_batch_size=16)(ARCH)
     b = _fn(setup, "accuracy")(ARCH)
     assert a.value == b.value
+
+
+def test_metric_objects_and_formulas_score_like_the_presets(setup):
+    from fastnas.metrics import METRIC_PRESETS, Metric
+
+    preset = _fn(setup, "angle+flatness")(ARCH)
+    as_object = _fn(setup, METRIC_PRESETS["angle+flatness"])(ARCH)
+    as_text = _fn(setup, "angle + 16/sigma1*flatness")(ARCH)
+    assert preset == as_object == as_text
+    assert list(as_text.parts) == ["angle", "flatness", "loss@0.002", "loss@0.01", "loss@0.02"]
+    eight = _fn(setup, Metric.parse("angle + 8/sigma1*flatness"))(ARCH)
+    assert eight.value == _fn(setup, "angle+flatness", gamma=8.0)(ARCH).value
+    assert _fn(setup, "angle+flatness").stats()["metric"] == "angle+flatness"
+    assert _fn(setup, "angle + 2*accuracy").stats()["metric"] == "angle + 2*accuracy"
+
+
+def test_each_need_is_evaluated_once_per_candidate(setup, monkeypatch):
+    from fastnas.metrics import parts as parts_mod
+    from fastnas.metrics.parts import register_score_part
+
+    monkeypatch.setattr(parts_mod, "_REGISTRY", dict(parts_mod._REGISTRY))
+    register_score_part("error", needs=("clean",), fn=lambda ctx: 1.0 - ctx.result.clean_accuracy)
+    fn = _fn(setup, "accuracy - 2*error + 1*loss@0.01 + 1/sigma1*flatness")
+    s = fn(ARCH)
+    assert fn.evaluator.evaluations == 1 and fn.needs == {"clean", "perturbed"}
+    acc = _fn(setup, "accuracy")(ARCH)
+    flat = _fn(setup, "flatness")(ARCH)
+    assert s.parts["accuracy"] == acc.value and s.parts["error"] == 1.0 - acc.value
+    assert s.parts["loss@0.01"] == flat.parts["loss@0.01"]
+    want = acc.value + -2.0 * (1.0 - acc.value) + flat.parts["loss@0.01"] + 1.0 * (1.0 / 2e-3) * flat.value
+    assert s.value == pytest.approx(want, rel=1e-12)
+
+
+def test_part_checks_and_gamma_errors(setup):
+    with pytest.raises(ValueError, match=r"loss@0.5'.*not one of the noise levels"):
+        _fn(setup, "loss@0.5")
+    with pytest.raises(ValueError, match="has no mixing weight"):
+        _fn(setup, "angle + 2*accuracy", gamma=3.0)
+    with pytest.raises(ValueError, match="unknown score part 'nfr'; registered parts"):
+        _fn(setup, "1*accuracy - 1*nfr")
+    assert _fn(setup, "angle", gamma=3.0)(ARCH).value == _fn(setup, "angle")(ARCH).value  # nothing to mix
+
+
+def test_default_sigmas_come_from_the_space_presets(setup):
+    space, sn, init, x, y = setup
+
+    class Presets:
+        sigmas = (1e-3, 3e-3)
+
+    class WithPresets:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def validate(self, arch):
+            return self.inner.validate(arch)
+
+        def presets(self, data=None):
+            return Presets()
+
+    fn = make_score_fn("flatness", sn, WithPresets(space), valid=(x, y), calib_x=x, bn_batches=2, bn_batch_size=16)
+    assert fn.flatness_config.sigmas == (1e-3, 3e-3) and set(fn(ARCH).parts) == {"flatness", "loss@0.001",
+                                                                                   "loss@0.003"}
+    class NoPresets:
+        def validate(self, arch):
+            return space.validate(arch)
+
+    assert make_score_fn("flatness", sn, NoPresets(), valid=(x, y), calib_x=x).flatness_config == FlatnessConfig()
