@@ -7,7 +7,7 @@ parsed namespace, so it never overrides the config file or a resumed run's saved
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
 
 from fastnas.run.config import SECTION, SECTIONS, SETTINGS, RunConfig, parse_sigmas
 from fastnas.run.settings import Setting
@@ -60,7 +60,7 @@ def _help(s: Setting) -> str:
     text = s.help.replace("``", "").rstrip(".") if s.help else s.name.replace("_", " ")
     options = s.choice_list()
     if options is not None:
-        text += f"; one of {' | '.join(options)}"
+        text += f"; {'e.g.' if s.check is not None else 'one of'} {' | '.join(options)}"
     default = s.default_text
     if default is None:
         value = RunConfig().to_dict()[s.name]

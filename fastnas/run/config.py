@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from fastnas._hints import did_you_mean
 from fastnas.run.settings import Section, Setting, derive_settings, flat_names
@@ -35,6 +35,12 @@ def _metrics() -> Tuple[str, ...]:
     from fastnas.metrics.scores import METRICS as presets
 
     return tuple(presets)
+
+
+def _check_metric(text: str) -> None:
+    from fastnas.metrics import Metric
+
+    Metric.parse(text)  # its ValueError names the metric and the registered parts
 
 
 def _searchers() -> List[str]:
@@ -57,17 +63,18 @@ NOISE_MODES = ("independent", "cumulative", "shared")
 
 def _sections() -> Tuple[Section, ...]:
     from fastnas.metrics.flatness import FlatnessConfig
+    from fastnas.spaces import DEFAULT_SPACE
     from fastnas.search import SearchConfig
     from fastnas.train import TrainConfig
 
     data = Section("data", "data and search space", (
-        Setting("space", "str", "nb201", "search space", choices=_spaces),
+        Setting("space", "str", DEFAULT_SPACE, "search space", choices=_spaces),
         Setting("data", "str", "digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or a FILE.npz "
                 "with arrays x, y[, x_test, y_test]"),
         Setting("data_dir", "str", None, "directory with the dataset files",
                 default_text="$FASTNAS_DATA_DIR, system locations"),
         Setting("channels", "int", 16, "supernet channels (the space's C)", minimum=1),
-        Setting("cells", "int", 2, "cells of the supernet (NB201: cells per stage N; DARTS: total cells)",
+        Setting("cells", "int", 2, "cells of the supernet, in the space's own sense (e.g. cells per stage)",
                 minimum=1),
         Setting("valid_size", "int", 256, "search-validation images used for scoring, 0 for the whole half",
                 minimum=0, phase="search"),
@@ -95,7 +102,8 @@ def _sections() -> Tuple[Section, ...]:
         "max_flops": {"default_text": "none"},
     }), component=SearchConfig)
     score = Section("score", "scores", (
-        Setting("metric", "str", "angle+flatness", "the score to rank candidates by", choices=_metrics,
+        Setting("metric", "str", "angle+flatness", "the score to rank candidates by: a preset or a weighted "
+                "sum of score parts such as 'angle + 16/sigma1*flatness'", choices=_metrics, check=_check_metric,
                 phase="search"),
         Setting("gamma", "float", None, "weight in combined metrics: S + gamma/sigma1 * F, angle + gamma * "
                 "accuracy", default_text="16 with flatness, as GeNAS's README; 1 for angle+accuracy",
@@ -104,7 +112,7 @@ def _sections() -> Tuple[Section, ...]:
         "eps": "flatness_eps", "scope": "flatness_scope", "bn_mode": "recal_mode", "bn_batches": "recal_batches",
         "bn_batch_size": "recal_batch_size", "batch_size": "score_batch_size"}, overrides={
         "sigmas": {"default": None, "help": "flatness perturbation levels, positive and increasing",
-                   "default_text": "the space's GeNAS preset, e.g. NB201 2e-3,1e-2,2e-2"},
+                   "default_text": "the space's preset for the data, e.g. GeNAS's 2e-3,1e-2,2e-2"},
         "noise": {"default": None, "default_text": "independent; cumulative is the GeNAS code's",
                   "choices": NOISE_MODES},
         "bn_batches": {"default": None, "default_text": "14, GeNAS's ceil(850/64)",
@@ -254,8 +262,10 @@ class RunConfig:
         return self.replace(**changes)
 
     def uses(self, score: str) -> bool:
-        """Whether the metric includes ``score`` (``accuracy``, ``angle`` or ``flatness``)."""
-        return score in self.metric.split("+")
+        """Whether the metric includes the score part ``score`` (``accuracy``, ``angle``, ``flatness``, ...)."""
+        from fastnas.metrics import Metric
+
+        return score in Metric.parse(self.metric).parts
 
 
 def _flatten(d: Mapping[str, Any]) -> Dict[str, Any]:

@@ -30,15 +30,9 @@ def default_sigmas(space: Any, data: Optional[str]) -> Tuple[float, ...]:
 
 
 def flatness_config(config: RunConfig) -> Any:
-    """The :class:`fastnas.metrics.FlatnessConfig` of the run's score settings (also used for the BN
-    recalibration of the accuracy score)."""
-    from fastnas.metrics.flatness import FlatnessConfig
-
-    kwargs: Dict[str, Any] = {"alpha": config.alpha, "samples": config.samples, "seed": config.seed,
-                              "noise": config.noise, "bn_batches": config.recal_batches}
-    if config.sigmas is not None:
-        kwargs["sigmas"] = tuple(config.sigmas)
-    return FlatnessConfig(**{k: v for k, v in kwargs.items() if v is not None})
+    """The :class:`fastnas.metrics.FlatnessConfig` of the run's ``score`` section, seeded by the run (also
+    used for the BN recalibration of the accuracy score); unset settings keep the FlatnessConfig defaults."""
+    return config.component("score", seed=config.seed)
 
 
 class TimedScoreFn:

@@ -43,6 +43,8 @@ class Setting:
             ``report``) or ``session`` (may change on every resume).
         hidden: not shown in ``--help`` (tests and smoke runs).
         target: the field name in the component config (default: ``name``).
+        check: ``check(value)`` raises ``ValueError`` for a value the owning layer rejects (e.g. a metric
+            formula that does not parse); ``choices`` then only list examples in the help.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Setting:
     phase: str = "train"
     hidden: bool = False
     target: Optional[str] = None
+    check: Any = None
 
     @property
     def flag(self) -> str:
@@ -93,6 +96,9 @@ class Setting:
             from fastnas.run.config import parse_sigmas  # the one parser of level lists
 
             value = parse_sigmas(value)
+        if self.check is not None:
+            self.check(value)
+            return value
         options = self.choice_list()
         if options is not None and value not in options:
             from fastnas._hints import did_you_mean

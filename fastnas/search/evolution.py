@@ -89,7 +89,7 @@ class EvolutionConfig:
         Constraints(self.max_params, self.max_flops)  # validates the limits
 
     @classmethod
-    def rlnas_nb201(cls, **overrides: Any) -> "EvolutionConfig":
+    def rlnas(cls, **overrides: Any) -> "EvolutionConfig":
         """RLNAS's NAS-Bench-201 settings: population 100, top 30, 50 mutations, 50 crossovers."""
         base = dict(population=100, topk=30, mutations=50, crossovers=50, mutate_prob=0.1, generations=20)
         base.update({k: v for k, v in overrides.items() if v is not None})

@@ -11,5 +11,8 @@ from fastnas.spaces.base import (
 from fastnas.spaces.darts import DARTS
 from fastnas.spaces.nb201 import NB201
 
-__all__ = ["BatchedForward", "CellGraph", "DARTS", "NB201", "Presets", "Space", "Supernet", "create_space",
-           "list_spaces", "recalibrate_bn", "register_space"]
+#: The space a run searches when none is named (the no-option ``fastnas search``).
+DEFAULT_SPACE = "nb201"
+
+__all__ = ["BatchedForward", "CellGraph", "DARTS", "DEFAULT_SPACE", "NB201", "Presets", "Space", "Supernet",
+           "create_space", "list_spaces", "recalibrate_bn", "register_space"]

@@ -21,7 +21,7 @@ def test_config_defaults_presets_and_round_trip():
     cfg = EvolutionConfig()
     assert (cfg.population, cfg.topk, cfg.mutations, cfg.crossovers, cfg.mutate_prob, cfg.generations) == \
         (50, 10, 25, 25, 0.1, 20)
-    rl = EvolutionConfig.rlnas_nb201()
+    rl = EvolutionConfig.rlnas()
     assert (rl.population, rl.topk, rl.mutations, rl.crossovers, rl.mutate_prob, rl.generations) == \
         (100, 30, 50, 50, 0.1, 20)
     assert EvolutionConfig.from_dict(json.loads(json.dumps(SMALL.to_dict()))) == SMALL
