@@ -221,6 +221,7 @@ def cmd_kendall(args: argparse.Namespace) -> int:
         raise ValueError(f"run {args.run!r} has no {run_dir.HISTORY} yet (the search has not finished)")
     truth = load_ground_truth(args.truth)
     scores: Dict[str, float] = {}
+    flagged = set()
     with open(history, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if args.score_column not in (reader.fieldnames or []):
@@ -229,11 +230,13 @@ def cmd_kendall(args: argparse.Namespace) -> int:
         for row in reader:
             cell = row.get(args.score_column, "")
             scores[row["arch"]] = float(cell) if cell not in ("", None) else math.nan
+            if str(row.get("flagged", "")).strip().lower() in ("1", "true"):
+                flagged.add(row["arch"])
     space = _space_for_texts(config)
     plot = Path(args.plot) if args.plot else run_dir / run_dir.PLOTS / "kendall.png"
     plot.parent.mkdir(parents=True, exist_ok=True)
     rank = scatter_plot(scores, truth, plot, title=f"{config.metric}: {args.score_column}",
-                        canonicalize=_canonicalizer(space))
+                        canonicalize=_canonicalizer(space), flagged=flagged)
     _out(f"Kendall tau {rank.tau:.4f}, Spearman rho {rank.spearman:.4f} over {rank.n} architectures "
          f"(dropped: {rank.n_flagged} with a flagged or non-finite score, {rank.n_dropped - rank.n_flagged} "
          f"with no finite accuracy; {rank.n_unmatched} without ground truth)")

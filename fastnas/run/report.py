@@ -159,7 +159,8 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
         canon = _canonicalizer(space)
         rank = attempt("kendall", lambda: scatter_plot({r.text: r.score for r in records}, truth,
                                                        plot_dir / "kendall.png", title=f"metric {c.metric}",
-                                                       canonicalize=canon))
+                                                       canonicalize=canon,
+                                                       flagged={r.text for r in records if r.flagged}))
         if rank is not None:
             kendall = rank.to_dict()
 
@@ -183,6 +184,7 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
                    "generations": result.generations, "exhausted": result.exhausted},
         "supernet": tr.to_dict() if tr is not None else None,
         "kendall": kendall,
+        "scoring": _scoring_route(run.score_stats),
         "plots": written,
         "config": identity,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -200,6 +202,12 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     run.state["timings"] = timings
     write_json_atomic(d / d.RESULT, out)
     return out
+
+
+def _scoring_route(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """How candidates were evaluated (the evaluator's route and, for any fallback, why)."""
+    evaluator = (stats.get("score_fn") or {}).get("evaluator") or {}
+    return {"route": evaluator.get("route"), "route_reason": evaluator.get("route_reason")}
 
 
 def _canonicalizer(space: Any) -> Callable[[str], str]:
