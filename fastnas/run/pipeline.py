@@ -405,6 +405,9 @@ class Run:
         self.timer.add("scoring", score_fn.seconds - score_fn.recal_seconds)
         self.timer.add("search_other", max(0.0, elapsed - score_fn.seconds))
         self.score_stats = score_fn.stats()
+        route = (self.score_stats.get("score_fn") or {}).get("evaluator") or {}
+        if route.get("route") is not None:  # a session that scored nothing keeps the earlier one
+            self.state["scoring"] = {"route": route["route"], "route_reason": route.get("route_reason")}
         self.search_result = result
         self._mark("search", "done")
         self.progress("phase", {"name": "search", "status": "end"})

@@ -184,7 +184,7 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
                    "generations": result.generations, "exhausted": result.exhausted},
         "supernet": tr.to_dict() if tr is not None else None,
         "kendall": kendall,
-        "scoring": _scoring_route(run.score_stats),
+        "scoring": run.state.get("scoring", {"route": None, "route_reason": None}),
         "plots": written,
         "config": identity,
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
@@ -202,12 +202,6 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     run.state["timings"] = timings
     write_json_atomic(d / d.RESULT, out)
     return out
-
-
-def _scoring_route(stats: Dict[str, Any]) -> Dict[str, Any]:
-    """How candidates were evaluated (the evaluator's route and, for any fallback, why)."""
-    evaluator = (stats.get("score_fn") or {}).get("evaluator") or {}
-    return {"route": evaluator.get("route"), "route_reason": evaluator.get("route_reason")}
 
 
 def _canonicalizer(space: Any) -> Callable[[str], str]:

@@ -33,6 +33,8 @@ def test_search_writes_a_complete_run_directory(tiny_run):
     assert {"train", "scoring", "report"} <= set(t["seconds"])
     assert abs(sum(t["share"].values()) - 1) < 1e-6
     assert result["environment"]["backends"]["used"]
+    assert result["scoring"]["route"] in ("extracted", "supernet", "batched", "model")
+    assert result["scoring"]["route_reason"]
 
     with open(tiny_run / "history.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
