@@ -262,3 +262,28 @@ def test_slice_paired_with_its_view_is_rejected_with_a_hint():
         fastnas.perturb_([(s, s.view(lin.weight).contiguous())], 0.1, layout=layout)
     with pytest.raises(ValueError, match="not contiguous"):
         fastnas.perturb_([("weight", lin.weight[:, :3])], 0.1)
+
+
+# ---- GPU -----------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_slices_equal_the_same_backends_whole_tensor(backend, dtype):
+    if not STATUS[backend].available:
+        pytest.skip(f"{backend}: {STATUS[backend].reason}")
+    g = torch.Generator().manual_seed(2)
+    for shape, index in CASES + [((300, 257), ((5, 290), (3, 250)))]:
+        w = torch.randn(shape, generator=g).to(dtype).cuda()
+        layout = fastnas.ParamLayout([("a", 11), ("w", w.numel())])
+        s = ParamSlice("w", index)
+        full, part = w.clone(), w.clone()
+        fastnas.perturb_([("w", full)], 0.05, seed=3, stream=7, layout=layout, backend=backend)
+        backup = fastnas.perturb_([(s, part)], 0.05, seed=3, stream=7, layout=layout, backend=backend)
+        mask = box_mask(s, shape).cuda()
+        assert torch.equal(bits(part[mask]), bits(full[mask])), (shape, index)  # same device: bit for bit
+        assert torch.equal(bits(part[~mask]), bits(w[~mask])), (shape, index)
+        copies = fastnas.perturbed_copies([(s, w)], [0.05], seed=3, stream=7, layout=layout, backend=backend)
+        assert torch.equal(bits(copies[0][0]), bits(s.view(full).contiguous())), (shape, index)
+        fastnas.restore_([(s, part)], backup, backend=backend)
+        assert torch.equal(bits(part), bits(w)), (shape, index)

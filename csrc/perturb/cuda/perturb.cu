@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "perturb/perturb.h"
 #include "philox.h"
@@ -116,32 +117,44 @@ __global__ void words_kernel(uint32_t* out, int64_t groups, int64_t group0, uint
 
 void perturb(const std::vector<PerturbItem>& items, double sigma, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
   validate_items(items, "perturb");
-  auto st = reinterpret_cast<cudaStream_t>(cuda_stream);
-  const float s32 = static_cast<float>(sigma);
-  size_t pos = 0;
-  while (pos < items.size()) {
-    Batch batch{};
-    int64_t blocks = 0;
-    int count = 0;
-    for (; pos < items.size() && count < kMaxItems; ++pos) {
-      const PerturbItem& p = items[pos];
-      if (p.numel == 0) continue;
-      const int64_t len = p.run_length(), runs = p.numel / len;
-      // Groups one run spans: all of them for a whole tensor; at most (len + 6) / 4 for any alignment.
-      const int64_t groups = runs == 1 ? (p.offset + len + 3) / 4 - p.offset / 4 : (len + 6) / 4;
-      const int64_t per_run = (groups + kThreads - 1) / kThreads;
-      batch.items[count] = DeviceItem{reinterpret_cast<char*>(p.src), reinterpret_cast<char*>(p.dst),
-                                      reinterpret_cast<char*>(p.backup), p.offset, len, p.size1, p.stride0,
-                                      p.stride1, per_run, p.dtype, p.dst_packed ? 1 : 0};
-      batch.block_start[count] = blocks;
-      blocks += runs * per_run;
-      ++count;
-    }
-    if (count == 0) continue;
+  constexpr int64_t kMaxBlocks = 0x7FFFFFFF;  // grid x limit
+  // Plan every batch first, so that bad input is rejected before anything is launched (and written).
+  std::vector<Batch> batches;
+  Batch batch{};
+  int64_t blocks = 0;
+  int count = 0;
+  auto close = [&] {
+    if (count == 0) return;
     batch.block_start[count] = blocks;
     batch.count = count;
-    if (blocks > 0x7FFFFFFF) throw std::invalid_argument("perturb: too many elements for one launch");
-    perturb_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, st>>>(batch, s32, sigma, seed, stream);
+    batches.push_back(batch);
+    batch = Batch{};
+    blocks = 0;
+    count = 0;
+  };
+  for (const PerturbItem& p : items) {
+    if (p.numel == 0) continue;
+    const int64_t len = p.run_length(), runs = p.numel / len;
+    // Groups one run spans: all of them for a whole tensor; at most (len + 6) / 4 for any alignment.
+    const int64_t groups = runs == 1 ? (p.offset + len + 3) / 4 - p.offset / 4 : (len + 6) / 4;
+    const int64_t per_run = (groups + kThreads - 1) / kThreads;
+    if (per_run > kMaxBlocks / runs)
+      throw std::invalid_argument("perturb: a tensor of " + std::to_string(p.numel) +
+                                  " elements needs more thread blocks than one launch allows");
+    if (count == kMaxItems || blocks + runs * per_run > kMaxBlocks) close();
+    batch.items[count] = DeviceItem{reinterpret_cast<char*>(p.src), reinterpret_cast<char*>(p.dst),
+                                    reinterpret_cast<char*>(p.backup), p.offset, len, p.size1, p.stride0,
+                                    p.stride1, per_run, p.dtype, p.dst_packed ? 1 : 0};
+    batch.block_start[count] = blocks;
+    blocks += runs * per_run;
+    ++count;
+  }
+  close();
+  auto st = reinterpret_cast<cudaStream_t>(cuda_stream);
+  const float s32 = static_cast<float>(sigma);
+  for (const Batch& b : batches) {
+    const auto grid = static_cast<unsigned>(b.block_start[b.count]);
+    perturb_kernel<<<grid, kThreads, 0, st>>>(b, s32, sigma, seed, stream);
     check(cudaGetLastError(), "perturb_kernel launch");
   }
 }

@@ -163,14 +163,16 @@ def perturb_(params, sigma: float, seed: int = 0, stream: int = 0, *, layout: Pa
     if backup is not None and not isinstance(backup, Backup):
         raise TypeError(f"backup: expected a Backup returned by perturb_, got {type(backup).__name__}")
     out = Backup.allocate(segments, device, chosen.name, reuse=backup)
+    out.written = 0
     try:
         with torch.no_grad():
             chosen.impl.perturb(segments, None, out, sigma, seed, stream)
     except BaseException:
-        # Nothing may stay perturbed: put back whatever was written (the backup of each element is
-        # taken before that element is written).
+        # Nothing may stay perturbed: put back what may have been written (the backup of each element
+        # is taken before that element is written), and only that: the rest of the buffer is garbage.
         with torch.no_grad():
-            _reference.restore(segments, out)
+            views = out.views(segments)
+            _reference.restore(segments[:out.written], out, views[:out.written])
         raise
     _bump_versions(segments)
     return out

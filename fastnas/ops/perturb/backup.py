@@ -25,6 +25,8 @@ class Backup:
         signature: what each segment was taken from (data pointer, size, dtype, device and, for a slice,
             where the box lies): a restore whose segments match it needs no second validation.
         backend: the backend that wrote it.
+        written: how many segments (in order) the last perturb_ call may have written; backends raise their
+            input errors before writing anything (written stays 0).
 
     Passing a Backup as ``perturb_(..., backup=b)`` reuses its buffer: ``b`` then holds the values
     saved by that call (for the same tensors, the same originals).
@@ -40,6 +42,9 @@ class Backup:
         self._views: list[torch.Tensor] | None = None
         self._pointers: list[int] | None = None
         self.native_args: tuple | None = None  # a backend's cached restore arguments (valid by signature)
+        # Segments [0, written) may have been written by the running perturb_ call (their backup first,
+        # element by element); a failed call puts back exactly those.
+        self.written = 0
 
     @staticmethod
     def _layout(segments: Sequence[Segment]) -> tuple[list[int], int]:

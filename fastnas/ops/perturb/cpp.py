@@ -40,16 +40,17 @@ def segment_pointers(segments) -> list[int]:
 
 def perturb(segments: Sequence, dsts, backup, sigma: float, seed: int, stream: int) -> None:
     src_ptrs = segment_pointers(segments)
-    C.perturb_cpu(
-        src_ptrs,
-        src_ptrs if dsts is None else [t.data_ptr() for t in dsts],
-        backup.pointers() if backup is not None else [],
-        [s.numel for s in segments],
-        [s.offset + s.start for s in segments],
-        [DTYPE_CODES[s.tensor.dtype] for s in segments],
-        float(sigma), seed, stream, _threads(),
-        segment_geometry(segments), dsts is not None,
-    )
+    args = (src_ptrs, src_ptrs if dsts is None else [t.data_ptr() for t in dsts],
+            backup.pointers() if backup is not None else [], [s.numel for s in segments],
+            [s.offset + s.start for s in segments], [DTYPE_CODES[s.tensor.dtype] for s in segments])
+    if backup is not None:
+        backup.written = len(segments)
+    try:
+        C.perturb_cpu(*args, float(sigma), seed, stream, _threads(), segment_geometry(segments), dsts is not None)
+    except Exception:
+        if backup is not None:
+            backup.written = 0  # the native code rejects its input before writing anything
+        raise
 
 
 def words(out: torch.Tensor, group0: int, seed: int, stream: int) -> None:

@@ -34,17 +34,24 @@ def perturb(segments: Sequence, dsts, backup, sigma: float, seed: int, stream: i
         return
     src_ptrs = segment_pointers(segments)
     device = segments[0].tensor.device
-    with torch.cuda.device(device):
-        C.perturb_cuda(
-            src_ptrs,
-            src_ptrs if dsts is None else [t.data_ptr() for t in dsts],
-            backup.pointers() if backup is not None else [],
-            [s.numel for s in segments],
-            [s.offset + s.start for s in segments],
-            [DTYPE_CODES[s.tensor.dtype] for s in segments],
-            float(sigma), seed, stream, _stream(segments[0].tensor),
-            segment_geometry(segments), dsts is not None,
-        )
+    if backup is not None:
+        backup.written = len(segments)
+    try:
+        with torch.cuda.device(device):
+            C.perturb_cuda(
+                src_ptrs,
+                src_ptrs if dsts is None else [t.data_ptr() for t in dsts],
+                backup.pointers() if backup is not None else [],
+                [s.numel for s in segments],
+                [s.offset + s.start for s in segments],
+                [DTYPE_CODES[s.tensor.dtype] for s in segments],
+                float(sigma), seed, stream, _stream(segments[0].tensor),
+                segment_geometry(segments), dsts is not None,
+            )
+    except ValueError:
+        if backup is not None:
+            backup.written = 0  # input rejected (std::invalid_argument) before any launch
+        raise
 
 
 def words(out: torch.Tensor, group0: int, seed: int, stream: int) -> None:

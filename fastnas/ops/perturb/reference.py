@@ -167,15 +167,15 @@ def perturb(segments: Sequence, dsts, backup, sigma: float, seed: int, stream: i
         if seg.numel == 0:
             continue
         src = seg.tensor
-        if seg.whole:
-            x = src.view(-1)
-            z = normals(seg.numel, seed, stream, seg.offset, device=src.device)
-        else:
-            x = seg.view()
-            z = normals_at(seg.offset + seg.flat_indices(), seed, stream)
-        value = _perturbed_value(x, sigma, z)
+        x = src.view(-1) if seg.whole else seg.view()
         if backups is not None:
             backups[k].copy_(x.reshape(-1))
+            backup.written = k + 1  # saved: from here on segment k may be written
+        if seg.whole:
+            z = normals(seg.numel, seed, stream, seg.offset, device=src.device)
+        else:
+            z = normals_at(seg.offset + seg.flat_indices(), seed, stream)
+        value = _perturbed_value(x, sigma, z)
         if dsts is None:
             x.copy_(value)
         else:
@@ -192,9 +192,9 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
     out.copy_(normals(out.numel(), seed, stream, offset, device=out.device))
 
 
-def restore(segments: Sequence, backup) -> None:
-    """Copies the bytes saved in ``backup`` back into each segment."""
-    for seg, b in zip(segments, backup.views(segments)):
+def restore(segments: Sequence, backup, views=None) -> None:
+    """Copies the bytes saved in ``backup`` (or the given views of it) back into each segment."""
+    for seg, b in zip(segments, backup.views(segments) if views is None else views):
         if seg.numel == 0:
             continue
         if seg.whole:

@@ -1,8 +1,8 @@
 """Triton backend: Triton's own Philox (``tl.randint4x``) plus the Box-Muller of docs/noise.md.
 
 One launch per segment (a whole tensor, or the box of a slice: a grid of runs, see
-``fastnas.ops.layout.Segment``); program ``(i, r)`` handles ``BLOCK`` Philox groups (``4 * BLOCK``
-elements) of run ``r``. Memory traffic with backup: read N, write 2N. Launched with ``enable_fp_fusion=False`` so every
+``fastnas.ops.layout.Segment``); each program handles ``BLOCK`` Philox groups (``4 * BLOCK``
+elements) of one run. Memory traffic with backup: read N, write 2N. Launched with ``enable_fp_fusion=False`` so every
 multiply and add rounds like the torch reference. Runs on CPU under ``TRITON_INTERPRET=1`` (slow).
 """
 
@@ -152,12 +152,14 @@ if triton is not None:
             tl.store(dst_ptr + j, y, mask=mask)
 
     @triton.jit
-    def _perturb_kernel(src_ptr, dst_ptr, backup_ptr, offset, run, size1, stride0, stride1, run0,
+    def _perturb_kernel(src_ptr, dst_ptr, backup_ptr, offset, run, size1, stride0, stride1, per_run,
                         sigma32, sigma64, key,
                         HAS_BACKUP: tl.constexpr, DST_PACKED: tl.constexpr, KIND: tl.constexpr,
                         BLOCK: tl.constexpr):
-        pid = tl.program_id(0).to(tl.int64)
-        r = run0 + tl.program_id(1).to(tl.int64)
+        # Program p handles block p % per_run of run p // per_run (a whole tensor: one run).
+        p = tl.program_id(0).to(tl.int64)
+        r = p // per_run
+        pid = p - r * per_run
         at = (r // size1) * stride0 + (r % size1) * stride1  # src position of run r
         begin = offset + at  # global index of its first element
         end = begin + run
@@ -207,8 +209,7 @@ if triton is not None:
 
 
 _KIND = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-_MAX_GRID_X = 2**31 - 1  # CUDA grid limits: programs along axis 0, along axis 1
-_MAX_GRID_Y = 65535
+_MAX_GRID_X = 2**31 - 1  # CUDA grid limit: programs along axis 0
 _MAX_INDEX = 2**62  # global element indices and positions stay far inside int64
 
 
@@ -266,27 +267,27 @@ def perturb(segments: Sequence, dsts, backup, sigma: float, seed: int, stream: i
             continue
         runs = seg.numel // seg.run
         groups = _groups(seg.offset + seg.start, seg.run) if runs == 1 else (seg.run + 6) // 4
-        programs = triton.cdiv(groups, _BLOCK)
-        _check_launch("perturb", seg.tensor, _KIND, programs, seg.offset + seg.tensor.numel())
+        per_run = triton.cdiv(groups, _BLOCK)
+        _check_launch("perturb", seg.tensor, _KIND, runs * per_run, seg.offset + seg.tensor.numel())
         if dsts is not None and (dsts[k].dtype != seg.tensor.dtype or not dsts[k].is_contiguous()
                                  or dsts[k].numel() != seg.numel):
             raise ValueError(f"triton perturb: output {k} must be a contiguous {seg.tensor.dtype} tensor of "
                              f"{seg.numel} elements")
-        plans.append((k, seg, runs, programs))
+        plans.append((k, seg, runs, per_run))
     s64 = _sigma64(sigma, segments[0].tensor.device) if any(
         seg.tensor.dtype == torch.float64 for _, seg, _, _ in plans) else None
-    for k, seg, runs, programs in plans:
+    for k, seg, runs, per_run in plans:
         src = _as_kernel_view(seg.tensor.view(-1)[seg.start:])
         dst = src if dsts is None else _as_kernel_view(dsts[k])
         back = _as_kernel_view(backups[k]) if backups is not None else src
-        for run0 in range(0, runs, _MAX_GRID_Y):
-            grid = (programs, min(runs - run0, _MAX_GRID_Y))
-            _perturb_kernel[grid](
-                src, dst, back, seg.offset + seg.start, seg.run, seg.size1, seg.stride0, seg.stride1, run0,
-                s32, s64 if s64 is not None else src, key,
-                HAS_BACKUP=backups is not None, DST_PACKED=dsts is not None, KIND=_KIND[seg.tensor.dtype],
-                BLOCK=_BLOCK, enable_fp_fusion=False,
-            )
+        _perturb_kernel[(runs * per_run,)](
+            src, dst, back, seg.offset + seg.start, seg.run, seg.size1, seg.stride0, seg.stride1, per_run,
+            s32, s64 if s64 is not None else src, key,
+            HAS_BACKUP=backups is not None, DST_PACKED=dsts is not None, KIND=_KIND[seg.tensor.dtype],
+            BLOCK=_BLOCK, enable_fp_fusion=False,
+        )
+        if backup is not None:
+            backup.written = k + 1  # launched (a launch that fails writes nothing)
 
 
 def words(out: torch.Tensor, group0: int, seed: int, stream: int) -> None:
