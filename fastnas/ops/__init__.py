@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 
-from fastnas.ops._dispatch import all_dispatchers
+from fastnas.ops._dispatch import all_dispatchers, override_routes
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.ops.reduce import loss_correct_
 from fastnas.ops.layout import ParamLayout, ParamSlice, path_params
@@ -14,7 +14,7 @@ from fastnas.ops.perturb import (Backup, noise, perturb_, perturbed, perturbed_c
                                  restore_)
 
 __all__ = ["Backup", "BackendStatus", "FoldSpec", "ParamLayout", "ParamSlice", "backends", "fold_conv_bn",
-           "loss_correct_", "noise", "path_params", "perturb_", "perturbed", "perturbed_copies", "philox_words",
+           "loss_correct_", "noise", "override_routes", "path_params", "perturb_", "perturbed", "perturbed_copies", "philox_words",
            "restore_"]
 
 
