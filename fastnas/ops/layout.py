@@ -8,7 +8,9 @@ its elements keep the noise of their index in the full tensor.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import numbers
 import weakref
 from dataclasses import dataclass
@@ -270,7 +272,7 @@ class Segment:
     box = None
     _shape = None
 
-    def __init__(self, tensor: torch.Tensor, offset: int, entry: int, label: str):
+    def __init__(self, tensor: torch.Tensor, offset: int, entry: int, label: object):
         self.tensor = tensor
         self.offset = offset
         self.entry = entry
@@ -278,7 +280,7 @@ class Segment:
         self.numel = self.run = tensor.numel()
 
     @classmethod
-    def of_box(cls, tensor: torch.Tensor, offset: int, entry: int, label: str, shape: tuple, box: list,
+    def of_box(cls, tensor: torch.Tensor, offset: int, entry: int, label: object, shape: tuple, box: list,
                start: int, run: int, size0: int = 1, size1: int = 1, stride0: int = 0, stride1: int = 0,
                pos: int = 0) -> "Segment":
         seg = cls(tensor, offset, entry, label)
@@ -312,10 +314,12 @@ class Segment:
         return (self.start, self.run, self.size0, self.size1, self.stride0, self.stride1)
 
 
-def _slice_segments(s: ParamSlice, tensor: torch.Tensor, offset: int, entry: int) -> list[Segment]:
-    """Splits the box ``s`` of ``tensor`` into segments of at most MAX_OUTER_RANK outer dims."""
-    full = tuple(tensor.shape)
-    ranges = s._ranges(full)
+@functools.lru_cache(maxsize=4096)
+def _box_geometry(s: ParamSlice, full: tuple) -> tuple:
+    """``(box shape, ranges, segments)`` of the box ``s`` in a contiguous tensor of shape ``full``; each
+    segment ``(start, run, size0, size1, stride0, stride1, pos)``. Cached: a search asks for the same
+    boxes again and again."""
+    ranges = tuple(s._ranges(full))
     shape = tuple(b - a for a, b in ranges)
     strides = [1] * len(full)
     for d in range(len(full) - 2, -1, -1):
@@ -323,7 +327,7 @@ def _slice_segments(s: ParamSlice, tensor: torch.Tensor, offset: int, entry: int
     start = sum(a * st for (a, _), st in zip(ranges, strides))
     partial = [d for d in range(len(full)) if shape[d] != full[d]]
     if not partial:
-        return [Segment.of_box(tensor, offset, entry, str(s), shape, ranges, start=0, run=tensor.numel())]
+        return shape, ranges, ((0, math.prod(full), 1, 1, 0, 0, 0),)
     m = partial[-1]
     run = shape[m] * strides[m]
     outer: list[list[int]] = []  # [size, stride], merged where contiguous, size-1 dims dropped
@@ -342,9 +346,14 @@ def _slice_segments(s: ParamSlice, tensor: torch.Tensor, offset: int, entry: int
     segs = []
     for k, idx in enumerate(itertools.product(*[range(n) for n, _ in lead])):
         base = start + sum(i * st for i, (_, st) in zip(idx, lead))
-        segs.append(Segment.of_box(tensor, offset, entry, str(s), shape, ranges, start=base, run=run, size0=size0,
-                                   size1=size1, stride0=stride0, stride1=stride1, pos=k * per))
-    return segs
+        segs.append((base, run, size0, size1, stride0, stride1, k * per))
+    return shape, ranges, tuple(segs)
+
+
+def _slice_segments(s: ParamSlice, tensor: torch.Tensor, offset: int, entry: int) -> list[Segment]:
+    """The box ``s`` of ``tensor`` as segments of at most MAX_OUTER_RANK outer dims."""
+    shape, ranges, parts = _box_geometry(s, tuple(tensor.shape))
+    return [Segment.of_box(tensor, offset, entry, s, shape, ranges, *part) for part in parts]
 
 
 class Segments(list):
