@@ -14,7 +14,7 @@ import math
 import numbers
 import weakref
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
+from typing import Iterable, Iterator, Mapping, Sequence, Tuple, Union
 
 import torch
 from torch import nn

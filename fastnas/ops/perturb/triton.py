@@ -162,7 +162,6 @@ if triton is not None:
         pid = p - r * per_run
         at = (r // size1) * stride0 + (r % size1) * stride1  # src position of run r
         begin = offset + at  # global index of its first element
-        end = begin + run
         packed = r * run
         g = begin // 4 + pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
         w0, w1, w2, w3 = tl.randint4x(key, g)
