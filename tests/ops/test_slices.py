@@ -273,7 +273,7 @@ def test_gpu_slices_equal_the_same_backends_whole_tensor(backend, dtype):
     if not STATUS[backend].available:
         pytest.skip(f"{backend}: {STATUS[backend].reason}")
     g = torch.Generator().manual_seed(2)
-    for shape, index in CASES + [((300, 257), ((5, 290), (3, 250)))]:
+    for shape, index in CASES + [((300, 257), ((5, 290), (3, 250))), ((40, 5000), ((1, 39), (3, 4999)))]:
         w = torch.randn(shape, generator=g).to(dtype).cuda()
         layout = fastnas.ParamLayout([("a", 11), ("w", w.numel())])
         s = ParamSlice("w", index)
