@@ -2,7 +2,9 @@
 
 Run: ``python -m pytest benchmarks/bench_perturb.py --benchmark-only`` (``-m gpu`` for the GPU part).
 Memory traffic per perturb + restore cycle: perturb reads N and writes 2N (weights and backup),
-restore reads N and writes N; the floor is the same bytes moved by two plain copies.
+restore reads N and writes N; the floor is the same bytes moved by two plain copies. The slice
+benchmark perturbs a half-width nested member (``weight[:out/2, :in/2]`` of every tensor, as a
+once-for-all family does) against perturbing the whole tensors and a per-view torch loop.
 """
 
 from __future__ import annotations
@@ -142,3 +144,88 @@ def test_perturb_restore_gpu(benchmark, record_result, case, impl):
         pytest.skip("no CUDA device")
     benchmark.group = f"perturb+restore {case} cuda"
     _bench(benchmark, record_result, case, impl, "cuda")
+
+
+# ---- slices: a nested member's path --------------------------------------------------------------
+
+def half_width(params) -> list:
+    """``(ParamSlice, tensor)`` pairs: the first half of the first two dims of every tensor."""
+    return [(fastnas.ParamSlice(f"p{i}", tuple((0, max(1, n // 2)) for n in p.shape[:2])), p)
+            for i, p in enumerate(params)]
+
+
+def _slice_layout(params):
+    return fastnas.ParamLayout([(f"p{i}", p.numel()) for i, p in enumerate(params)])
+
+
+def impl_fastnas_slices(params, device):
+    entries, layout, backup = half_width(params), _slice_layout(params), [None]
+
+    def run():
+        backup[0] = fastnas.perturb_(entries, SIGMA, seed=1, layout=layout, backup=backup[0])
+        fastnas.restore_(entries, backup[0])
+        _sync(device)
+    return run
+
+
+def impl_fastnas_whole_tensors(params, device):
+    # What a path of whole tensors costs: the member's boxes plus everything around them.
+    named, layout, backup = [(f"p{i}", p) for i, p in enumerate(params)], _slice_layout(params), [None]
+
+    def run():
+        backup[0] = fastnas.perturb_(named, SIGMA, seed=1, layout=layout, backup=backup[0])
+        fastnas.restore_(named, backup[0])
+        _sync(device)
+    return run
+
+
+def impl_view_loop(params, device):
+    views = [s.view(p) for s, p in half_width(params)]
+
+    def run():
+        saved = [v.clone() for v in views]
+        for v in views:
+            v.add_(torch.randn_like(v) * SIGMA)
+        for v, s in zip(views, saved):
+            v.copy_(s)
+        _sync(device)
+    return run
+
+
+def impl_box_copy_floor(params, device):
+    flat = torch.cat([s.view(p).reshape(-1) for s, p in half_width(params)])
+    saved = torch.empty_like(flat)
+
+    def run():
+        saved.copy_(flat)
+        flat.copy_(saved)
+        _sync(device)
+    return run
+
+
+SLICE_IMPLS = {
+    "fastnas slices": (impl_fastnas_slices, None),
+    "fastnas whole tensors": (impl_fastnas_whole_tensors, None),
+    "per-view loop (plain torch)": (impl_view_loop, "baseline"),
+    "memory copy of the boxes (floor)": (impl_box_copy_floor, "floor"),
+}
+
+
+def test_half_width_slices_are_a_quarter_of_the_weights():
+    params = make_params("resnet18-11M")
+    box = sum(s.numel(p.shape) for s, p in half_width(params))
+    assert 0.24 < box / sum(p.numel() for p in params) < 0.27
+
+
+@pytest.mark.parametrize("impl", list(SLICE_IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_slice_perturb_restore_cpu(benchmark, record_result, case, impl):
+    benchmark.group = f"half-width slices {case} cpu"
+    params = make_params(case)
+    fn, role = SLICE_IMPLS[impl]
+    run = fn(params, "cpu")
+    run()  # warm-up
+    benchmark.pedantic(run, rounds=20 if "11M" in case else 100, iterations=1, warmup_rounds=2)
+    nbytes = 4 * sum(s.numel(p.shape) * p.element_size() for s, p in half_width(params))
+    record_result(f"perturb+restore half-width slices {case} [cpu, {torch.get_num_threads()} threads]", impl,
+                  benchmark.stats.stats.median, nbytes, role)

@@ -16,16 +16,35 @@ using fastnas::PerturbItem;
 
 namespace {
 
+using I64s = std::vector<int64_t>;
+
+// geometry: empty (every item a whole tensor) or one (run, size1, stride0, stride1) per item.
 std::vector<PerturbItem> make_items(const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst,
-                                    const std::vector<uintptr_t>& backup, const std::vector<int64_t>& numel,
-                                    const std::vector<int64_t>& offset, const std::vector<int>& dtype) {
+                                    const std::vector<uintptr_t>& backup, const I64s& numel, const I64s& offset,
+                                    const std::vector<int>& dtype, const std::vector<I64s>& geometry,
+                                    bool dst_packed) {
   const size_t n = src.size();
   if (dst.size() != n || numel.size() != n || offset.size() != n || dtype.size() != n ||
-      (!backup.empty() && backup.size() != n))
+      (!backup.empty() && backup.size() != n) || (!geometry.empty() && geometry.size() != n))
     throw std::invalid_argument("perturb: argument lists differ in length");
   std::vector<PerturbItem> items(n);
-  for (size_t i = 0; i < n; ++i)
-    items[i] = PerturbItem{src[i], dst[i], backup.empty() ? 0 : backup[i], numel[i], offset[i], dtype[i]};
+  for (size_t i = 0; i < n; ++i) {
+    PerturbItem& it = items[i];
+    it.src = src[i];
+    it.dst = dst[i];
+    it.backup = backup.empty() ? 0 : backup[i];
+    it.numel = numel[i];
+    it.offset = offset[i];
+    it.dtype = dtype[i];
+    it.dst_packed = dst_packed;
+    if (!geometry.empty()) {
+      if (geometry[i].size() != 4) throw std::invalid_argument("perturb: geometry needs (run, size1, stride0, stride1)");
+      it.run = geometry[i][0];
+      it.size1 = geometry[i][1];
+      it.stride0 = geometry[i][2];
+      it.stride1 = geometry[i][3];
+    }
+  }
   return items;
 }
 
@@ -55,14 +74,29 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "perturb_cpu",
       [](const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& backup,
-         const std::vector<int64_t>& numel, const std::vector<int64_t>& offset, const std::vector<int>& dtype,
-         double sigma, uint32_t seed, uint32_t stream, int threads) {
-        auto items = make_items(src, dst, backup, numel, offset, dtype);
+         const I64s& numel, const I64s& offset, const std::vector<int>& dtype, double sigma, uint32_t seed,
+         uint32_t stream, int threads, const std::vector<I64s>& geometry, bool dst_packed) {
+        auto items = make_items(src, dst, backup, numel, offset, dtype, geometry, dst_packed);
         py::gil_scoped_release nogil;
         fastnas::cpu::perturb(items, sigma, seed, stream, threads);
       },
       py::arg("src"), py::arg("dst"), py::arg("backup"), py::arg("numel"), py::arg("offset"), py::arg("dtype"),
-      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("threads"));
+      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("threads"), py::arg("geometry") = std::vector<I64s>{},
+      py::arg("dst_packed") = false,
+      "dst = src + sigma * z over segments (see csrc/perturb/perturb.h); geometry: [] or (run, size1, stride0, "
+      "stride1) per item.");
+
+  m.def(
+      "restore_cpu",
+      [](const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& backup, const I64s& numel,
+         const std::vector<int>& dtype, const std::vector<I64s>& geometry, int threads) {
+        const I64s zeros(dst.size(), 0);
+        auto items = make_items(dst, dst, backup, numel, zeros, dtype, geometry, false);
+        py::gil_scoped_release nogil;
+        fastnas::cpu::restore(items, threads);
+      },
+      py::arg("dst"), py::arg("backup"), py::arg("numel"), py::arg("dtype"), py::arg("geometry"), py::arg("threads"),
+      "Copies packed backups back into segments (the inverse of perturb_cpu's backup).");
 
   m.def(
       "normals_cpu",
@@ -122,14 +156,15 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "perturb_cuda",
       [](const std::vector<uintptr_t>& src, const std::vector<uintptr_t>& dst, const std::vector<uintptr_t>& backup,
-         const std::vector<int64_t>& numel, const std::vector<int64_t>& offset, const std::vector<int>& dtype,
-         double sigma, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {
-        auto items = make_items(src, dst, backup, numel, offset, dtype);
+         const I64s& numel, const I64s& offset, const std::vector<int>& dtype, double sigma, uint32_t seed,
+         uint32_t stream, uintptr_t cuda_stream, const std::vector<I64s>& geometry, bool dst_packed) {
+        auto items = make_items(src, dst, backup, numel, offset, dtype, geometry, dst_packed);
         py::gil_scoped_release nogil;
         fastnas::cuda::perturb(items, sigma, seed, stream, cuda_stream);
       },
       py::arg("src"), py::arg("dst"), py::arg("backup"), py::arg("numel"), py::arg("offset"), py::arg("dtype"),
-      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("cuda_stream"));
+      py::arg("sigma"), py::arg("seed"), py::arg("stream"), py::arg("cuda_stream"),
+      py::arg("geometry") = std::vector<I64s>{}, py::arg("dst_packed") = false);
   m.def(
       "normals_cuda",
       [](uintptr_t out, int64_t n, int64_t offset, uint32_t seed, uint32_t stream, uintptr_t cuda_stream) {

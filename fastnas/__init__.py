@@ -3,7 +3,7 @@
 The small public API, re-exported here:
 
 * kernels: :func:`perturb_`, :func:`restore_`, :func:`perturbed`, :func:`perturbed_copies`,
-  :func:`noise`, :func:`philox_words`, :class:`ParamLayout`, :func:`backends`;
+  :func:`noise`, :func:`philox_words`, :class:`ParamLayout`, :class:`ParamSlice`, :func:`backends`;
 * scores: :func:`flatness` (drop-in, any ``nn.Module``), :class:`FlatnessConfig`,
   :class:`MultiSigmaEvaluator`, :func:`accuracy`, :func:`angle`, :func:`make_score_fn`, :class:`Score`,
   :func:`kendall_tau`, :func:`spearman`;
@@ -20,7 +20,7 @@ from fastnas import _native  # noqa: F401  (loads fastnas._C once, warns once if
 from fastnas.data import load_dataset
 from fastnas.metrics import (FlatnessConfig, FlatnessResult, MultiSigmaEvaluator, Score, accuracy, angle, flatness,
                              kendall_tau, make_score_fn, spearman)
-from fastnas.ops import (Backup, BackendStatus, ParamLayout, backends, noise, perturb_, perturbed,
+from fastnas.ops import (Backup, BackendStatus, ParamLayout, ParamSlice, backends, noise, perturb_, perturbed,
                          perturbed_copies, philox_words, restore_)
 from fastnas.search import EvolutionConfig, evolve, exhaustive, random_search
 from fastnas.spaces import DARTS, NB201, create_space, list_spaces
@@ -28,7 +28,7 @@ from fastnas.train import TrainConfig, train_supernet
 
 __all__ = [
     "__version__",
-    "Backup", "BackendStatus", "ParamLayout", "backends", "noise", "perturb_", "perturbed", "perturbed_copies",
+    "Backup", "BackendStatus", "ParamLayout", "ParamSlice", "backends", "noise", "perturb_", "perturbed", "perturbed_copies",
     "philox_words", "restore_",
     "FlatnessConfig", "FlatnessResult", "MultiSigmaEvaluator", "Score", "accuracy", "angle", "flatness",
     "kendall_tau", "make_score_fn", "spearman",

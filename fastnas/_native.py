@@ -1,6 +1,7 @@
 """Loads the compiled extension ``fastnas._C`` once; records why when it cannot.
 
-Only the backend modules (``fastnas/ops/*/cpp.py``, ``cuda.py``) use :data:`C`. A missing or broken
+Only the backend modules (``fastnas/ops/*/cpp.py``, ``cuda.py``) use :data:`C`, and
+``fastnas/ops/build.py`` reads what it was built with (for ``fastnas info``). A missing or broken
 extension never breaks ``import fastnas``: it warns once and the pure-torch references take over.
 """
 

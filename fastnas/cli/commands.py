@@ -255,26 +255,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     import fastnas
-    from fastnas import _native
+    from fastnas.ops import native_build, override_routes
 
     _out(f"fastnas {fastnas.__version__} ({Path(fastnas.__file__).parent})")
     _out(f"python  {platform.python_version()} ({sys.executable})")
     _out(f"torch   {torch.__version__}")
-    native = "loaded" if _native.C is not None else f"not loaded ({_native.load_error})"
-    if _native.C is not None and hasattr(_native.C, "simd_variant"):
-        try:
-            native += f", SIMD {_native.C.simd_variant()}"
-        except Exception:  # noqa: BLE001
-            pass
-        if hasattr(_native.C, "has_cuda"):
-            try:
-                native += f", CUDA kernels {'built' if _native.C.has_cuda() else 'not built'}"
-            except Exception:  # noqa: BLE001
-                pass
-    _out(f"native  fastnas._C {native}")
+    _out(f"native  {native_build()}")
     _out("backends:")
     for status in fastnas.backends().values():
         _out(f"  {status}")
+    routes = override_routes()
+    if routes:
+        _out(f"FASTNAS_BACKEND={os.environ['FASTNAS_BACKEND'].strip()}: "
+             + "; ".join(f"{op} -> {route}" for op, route in routes.items()))
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             _out(f"device  cuda:{i} {torch.cuda.get_device_name(i)}")

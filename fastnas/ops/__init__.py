@@ -6,15 +6,17 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 
-from fastnas.ops._dispatch import all_dispatchers
+from fastnas.ops._dispatch import all_dispatchers, override_routes
+from fastnas.ops.build import NativeBuild, native_build
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.ops.reduce import loss_correct_
-from fastnas.ops.layout import ParamLayout
+from fastnas.ops.layout import ParamLayout, ParamSlice, path_params
 from fastnas.ops.perturb import (Backup, noise, perturb_, perturbed, perturbed_copies, philox_words,
                                  restore_)
 
-__all__ = ["Backup", "BackendStatus", "FoldSpec", "ParamLayout", "backends", "fold_conv_bn", "loss_correct_", "noise", "perturb_",
-           "perturbed", "perturbed_copies", "philox_words", "restore_"]
+__all__ = ["Backup", "BackendStatus", "FoldSpec", "NativeBuild", "ParamLayout", "ParamSlice", "backends", "fold_conv_bn",
+           "loss_correct_", "native_build", "noise", "override_routes", "path_params", "perturb_", "perturbed", "perturbed_copies", "philox_words",
+           "restore_"]
 
 
 @dataclass(frozen=True)

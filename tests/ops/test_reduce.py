@@ -65,3 +65,31 @@ def test_gpu_matches_reference(backend):
     gpu = [a.cuda() for a in (torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.int64))]
     loss_correct_(logits.cuda(), labels.cuda(), *gpu, backend=backend)
     assert torch.allclose(gpu[0].cpu(), acc[0], rtol=1e-5) and torch.equal(gpu[1].cpu(), acc[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [-1, 3, 99])
+def test_label_range_is_checked_once_for_every_backend(backend, bad):
+    # The Triton kernel would read class 0 for a label past the end, the C++ one threw its own error:
+    # the public function rejects it first, with one message.
+    loss, correct = torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64)
+    labels = torch.tensor([0, bad, 1])
+    with pytest.raises(ValueError, match=rf"labels: values from {min(bad, 0)} to {max(bad, 1)}; expected class "
+                                         r"indices in \[0, 3\)"):
+        loss_correct_(torch.randn(3, 3), labels, loss, correct, backend=backend)
+    assert loss.item() == 0 and correct.item() == 0  # nothing accumulated
+
+
+def test_triton_class_limit_is_a_declared_reason():
+    from fastnas.ops.reduce import DISPATCH
+    from fastnas.ops.reduce import triton as tr
+
+    assert tr.limits({"rows": 10, "classes": 10}) == []
+    assert "classes exceed" in tr.limits({"rows": 10, "classes": tr._MAX_CLASSES + 1})[0]
+    if STATUS["triton"].available and "cpu" in STATUS["triton"].devices:
+        big = {"rows": 4, "classes": tr._MAX_CLASSES + 1}
+        with pytest.raises(NotImplementedError, match="classes exceed"):
+            DISPATCH.pick(torch.device("cpu"), {torch.float32}, "triton", sizes=big)
+        with pytest.raises(NotImplementedError, match="classes exceed"):
+            tr.loss_correct_(torch.zeros(4, tr._MAX_CLASSES + 1), torch.zeros(4, dtype=torch.int64),
+                             torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), 0, 4)

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "parallel.h"
 #include "perturb/cpu/normals_avx512.h"
@@ -18,6 +19,34 @@
 #endif
 
 namespace fastnas {
+
+namespace {
+
+int64_t element_size(int dtype) {
+  switch (dtype) {
+    case kFloat32: return 4;
+    case kFloat64: return 8;
+    case kFloat16:
+    case kBFloat16: return 2;
+    default: throw std::invalid_argument("perturb: unknown dtype code " + std::to_string(dtype));
+  }
+}
+
+}  // namespace
+
+void validate_items(const std::vector<PerturbItem>& items, const char* what) {
+  const std::string name(what);
+  for (const PerturbItem& it : items) {
+    element_size(it.dtype);
+    if (it.numel < 0 || it.offset < 0 || it.run < 0 || it.size1 < 1 || it.stride0 < 0 || it.stride1 < 0)
+      throw std::invalid_argument(name + ": negative size, offset or stride");
+    if (it.numel > 0 && (it.src == 0 || it.dst == 0)) throw std::invalid_argument(name + ": null data pointer");
+    const int64_t len = it.run_length();
+    if (it.numel > 0 && (len == 0 || it.numel % (len * it.size1) != 0))
+      throw std::invalid_argument(name + ": numel is not a whole number of runs");
+  }
+}
+
 namespace cpu {
 namespace {
 
@@ -134,22 +163,53 @@ template <typename Tag> struct Elem { using type = Tag; };
 template <> struct Elem<Half> { using type = uint16_t; };
 template <> struct Elem<BFloat> { using type = uint16_t; };
 
-// Elements [b, e) of one item.
+// Normals of global elements [first, first + kBlock), kept while consecutive runs of a slice fall in it
+// (a slice's runs can be shorter than a block).
+struct NoiseBlock {
+  int64_t first = -1;
+  alignas(64) float z[kBlock];
+
+  // Normals from global element gi on; `avail` of them are in the block.
+  const float* at(int64_t gi, uint32_t k0, uint32_t k1, int& avail) {
+    if (first < 0 || gi < first || gi >= first + kBlock) {
+      first = gi & ~int64_t{3};
+      normals_block(static_cast<uint64_t>(gi) >> 2, k0, k1, z);
+    }
+    avail = static_cast<int>(first + kBlock - gi);
+    return z + (gi - first);
+  }
+};
+
+// n contiguous elements whose first one has global noise index goff.
+template <typename Tag, typename T>
+void perturb_contiguous(const T* src, T* dst, T* backup, int64_t n, int64_t goff, double sigma, uint32_t k0,
+                        uint32_t k1, NoiseBlock& noise) {
+  int64_t j = 0;
+  while (j < n) {
+    int avail = 0;
+    const float* z = noise.at(goff + j, k0, k1, avail);
+    const int take = static_cast<int>(std::min<int64_t>(avail, n - j));
+    Storage<Tag>::apply(src + j, dst + j, backup ? backup + j : nullptr, z, take, sigma);
+    j += take;
+  }
+}
+
+// Packed elements [b, e) of one item, run by run.
 template <typename Tag>
 void perturb_range(const PerturbItem& it, int64_t b, int64_t e, double sigma, uint32_t k0, uint32_t k1) {
   using T = typename Elem<Tag>::type;
   const T* src = reinterpret_cast<const T*>(it.src);
   T* dst = reinterpret_cast<T*>(it.dst);
   T* backup = reinterpret_cast<T*>(it.backup);
-  alignas(64) float z[kBlock];
-  int64_t j = b;
-  while (j < e) {
-    const uint64_t gi = static_cast<uint64_t>(it.offset + j);
-    const int start = static_cast<int>(gi & 3u);
-    normals_block(gi >> 2, k0, k1, z);
-    const int take = static_cast<int>(std::min<int64_t>(kBlock - start, e - j));
-    Storage<Tag>::apply(src + j, dst + j, backup ? backup + j : nullptr, z + start, take, sigma);
-    j += take;
+  const int64_t len = it.run_length();
+  NoiseBlock noise;
+  for (int64_t p = b; p < e;) {
+    const int64_t r = p / len, j = p - r * len;
+    const int64_t n = std::min<int64_t>(len - j, e - p);
+    const int64_t at = it.run_start(r) + j;
+    perturb_contiguous<Tag>(src + at, dst + (it.dst_packed ? p : at), backup ? backup + p : nullptr, n,
+                            it.offset + at, sigma, k0, k1, noise);
+    p += n;
   }
 }
 
@@ -178,12 +238,10 @@ void for_each_part(const std::vector<int64_t>& starts, const std::vector<int64_t
 }  // namespace
 
 void perturb(const std::vector<PerturbItem>& items, double sigma, uint32_t seed, uint32_t stream, int threads) {
+  validate_items(items, "perturb");
   std::vector<int64_t> starts(items.size()), numels(items.size());
   int64_t total = 0;
   for (size_t i = 0; i < items.size(); ++i) {
-    if (items[i].numel < 0 || items[i].offset < 0) throw std::invalid_argument("perturb: negative size or offset");
-    if (items[i].numel > 0 && (items[i].src == 0 || items[i].dst == 0))
-      throw std::invalid_argument("perturb: null data pointer");
     starts[i] = total;
     numels[i] = items[i].numel;
     total += items[i].numel;
@@ -191,6 +249,32 @@ void perturb(const std::vector<PerturbItem>& items, double sigma, uint32_t seed,
   parallel_for(total, kGrain, threads, [&](int64_t B, int64_t E) {
     for_each_part(starts, numels, B, E, [&](size_t i, int64_t b, int64_t e) {
       perturb_item_range(items[i], b, e, sigma, seed, stream);
+    });
+  });
+}
+
+void restore(const std::vector<PerturbItem>& items, int threads) {
+  validate_items(items, "restore");
+  std::vector<int64_t> starts(items.size()), nbytes(items.size());
+  int64_t total = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (items[i].numel > 0 && items[i].backup == 0) throw std::invalid_argument("restore: null backup pointer");
+    starts[i] = total;
+    nbytes[i] = items[i].numel * element_size(items[i].dtype);
+    total += nbytes[i];
+  }
+  parallel_for(total, 256 * 1024, threads, [&](int64_t B, int64_t E) {
+    for_each_part(starts, nbytes, B, E, [&](size_t i, int64_t b, int64_t e) {
+      const PerturbItem& it = items[i];
+      const int64_t es = element_size(it.dtype), len = it.run_length() * es;
+      char* dst = reinterpret_cast<char*>(it.src);
+      const char* src = reinterpret_cast<const char*>(it.backup);
+      for (int64_t p = b; p < e;) {  // byte positions in the packed backup
+        const int64_t r = p / len, j = p - r * len;
+        const int64_t n = std::min<int64_t>(len - j, e - p);
+        std::memcpy(dst + it.run_start(r) * es + j, src + p, static_cast<size_t>(n));
+        p += n;
+      }
     });
   });
 }

@@ -10,24 +10,23 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Iterator, List, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from fastnas.ops._dispatch import Backend, Dispatcher
-from fastnas.ops.layout import ParamLayout, resolve_params
+from fastnas.ops.layout import ParamLayout, Segment, resolve_params
 from fastnas.ops.perturb import cpp as _cpp
 from fastnas.ops.perturb import cuda as _cuda
 from fastnas.ops.perturb import reference as _reference
 from fastnas.ops.perturb import triton as _triton
+from fastnas.ops.perturb.backup import Backup
 
 __all__ = ["Backup", "perturb_", "restore_", "perturbed", "perturbed_copies", "noise", "philox_words",
            "DISPATCH", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _SUPPORTED = frozenset(SUPPORTED_DTYPES)
-_ALIGN = 64  # byte alignment of each tensor's slice in a backup buffer
 
 DISPATCH = Dispatcher(
     "perturb",
@@ -64,12 +63,21 @@ def _check_u32(value, name: str) -> int:
     return value
 
 
-def _check_tensors(tensors: Sequence[torch.Tensor], name: str = "params") -> torch.device:
-    if not tensors:
+def _check_tensors(segments: Sequence[Segment], name: str = "params") -> torch.device:
+    """Checks each entry's (full) tensor once; rejects entries that overlap in memory.
+
+    Slices of one tensor may share it when their boxes are disjoint.
+    """
+    if not segments:
         return torch.device("cpu")
-    device = tensors[0].device
+    device = segments[0].tensor.device
     spans = []
-    for k, t in enumerate(tensors):
+    last = -1
+    for seg in segments:
+        if seg.entry == last:
+            continue  # further segments of one slice: same tensor, already checked
+        last = k = seg.entry
+        t = seg.tensor
         if t.dtype not in _SUPPORTED:
             raise TypeError(f"{name}[{k}] has dtype {t.dtype}; expected one of "
                             f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
@@ -84,114 +92,58 @@ def _check_tensors(tensors: Sequence[torch.Tensor], name: str = "params") -> tor
         n = t.numel()
         if n:
             p = t.data_ptr()
-            spans.append((p, p + n * t.element_size(), k))
-    spans.sort()
-    for (s0, e0, k0), (s1, e1, k1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise ValueError(f"{name}[{k0}] and {name}[{k1}] overlap in memory; expected distinct tensors "
-                             "(a parameter listed twice, or views of one buffer)")
+            spans.append((p, p + n * t.element_size(), k, seg))
+    spans.sort()  # entry indices are unique: segments themselves are never compared
+    n = len(spans)
+    for i in range(n - 1):
+        s0, e0, k0, a = spans[i]
+        j = i + 1
+        while j < n and spans[j][0] < e0:  # every later span starting inside this one
+            s1, e1, k1, b = spans[j]
+            j += 1
+            if not _disjoint_slices(a, b, (s0, e0) == (s1, e1)):
+                raise ValueError(f"{name}[{k0}] and {name}[{k1}] overlap in memory; expected distinct tensors or "
+                                 "disjoint slices (a parameter listed twice, or views of one buffer)")
     return device
 
 
-def _bump_versions(tensors: Sequence[torch.Tensor]) -> None:
+def _disjoint_slices(a: Segment, b: Segment, same_span: bool) -> bool:
+    # Two slices of one tensor are disjoint when their ranges are disjoint on some dim.
+    if not same_span or a.box is None or b.box is None:
+        return False
+    if a.tensor.shape != b.tensor.shape or a.tensor.dtype != b.tensor.dtype:
+        return False
+    return any(x1 <= y0 or y1 <= x0 for (x0, x1), (y0, y1) in zip(a.box, b.box))
+
+
+def _bump_versions(segments: Sequence[Segment]) -> None:
     # The kernels write through raw pointers; tell autograd the tensors changed.
     inc = getattr(torch.autograd.graph, "increment_version", None)
-    if inc is not None and tensors:
-        inc(list(tensors))
+    if inc is not None and segments:
+        # Whole tensors are distinct (checked); slices of one tensor list it once.
+        inc(list({id(s.tensor): s.tensor for s in segments}.values()) if any(not s.whole for s in segments)
+            else [s.tensor for s in segments])
 
 
-# ---- backup --------------------------------------------------------------------------------------
-
-@dataclass(eq=False)
-class Backup:
-    """Original values of the tensors of one :func:`perturb_` call, in one flat byte buffer.
-
-    Attributes:
-        buffer: uint8 tensor on the tensors' device.
-        byte_offsets: start of each tensor's bytes in ``buffer``.
-        signature: ``(data_ptr, numel, dtype, device)`` of each (validated, contiguous) tensor: a restore
-            whose tensors match it needs no second validation.
-        backend: the backend that wrote it.
-
-    Passing a Backup as ``perturb_(..., backup=b)`` reuses its buffer: ``b`` then holds the values
-    saved by that call (for the same tensors, the same originals).
-    """
-
-    buffer: torch.Tensor
-    byte_offsets: List[int]
-    signature: List[tuple]
-    backend: str
-
-    def __post_init__(self) -> None:
-        self._views: list[torch.Tensor] | None = None
-        self._pointers: list[int] | None = None
-
-    @staticmethod
-    def _layout(tensors: Sequence[torch.Tensor]) -> tuple[list[int], int]:
-        offs, pos = [], 0
-        for t in tensors:
-            offs.append(pos)
-            pos += (t.numel() * t.element_size() + _ALIGN - 1) // _ALIGN * _ALIGN
-        return offs, pos
-
-    @classmethod
-    def allocate(cls, tensors: Sequence[torch.Tensor], device: torch.device, backend: str,
-                 reuse: "Backup | None" = None) -> "Backup":
-        signature = [cls._sig(t) for t in tensors]
-        if reuse is not None and reuse.signature == signature and reuse.buffer.device == device:
-            reuse.backend = backend
-            return reuse  # same tensors: same offsets, views and pointers
-        offs, nbytes = cls._layout(tensors)
-        if reuse is not None and reuse.buffer.numel() >= nbytes and reuse.buffer.device == device:
-            buf = reuse.buffer
-        else:
-            buf = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        return cls(buf, offs, signature, backend)
-
-    @staticmethod
-    def _sig(t: torch.Tensor) -> tuple:
-        return (t.data_ptr(), t.numel(), t.dtype, t.device)
-
-    def views(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Flat views of ``buffer`` with each tensor's dtype (cached)."""
-        if self._views is None:
-            self._views = [self.buffer[o:o + t.numel() * t.element_size()].view(t.dtype)
-                           for o, t in zip(self.byte_offsets, tensors)]
-        return self._views
-
-    def pointers(self) -> list[int]:
-        """Address of each tensor's slice of ``buffer`` (cached)."""
-        if self._pointers is None:
-            base = self.buffer.data_ptr()
-            self._pointers = [base + o for o in self.byte_offsets]
-        return self._pointers
-
-    def check(self, tensors: Sequence[torch.Tensor], name: str = "backup") -> None:
-        if len(tensors) != len(self.signature):
-            raise ValueError(f"{name} holds {len(self.signature)} tensors but {len(tensors)} were given; "
-                             "expected the same tensors, in the same order, as the perturb_ call")
-        for k, (t, sig) in enumerate(zip(tensors, self.signature)):
-            if self._sig(t) != sig:
-                raise ValueError(f"{name} does not belong to these tensors: params[{k}] (shape {tuple(t.shape)}, "
-                                 f"{t.dtype}) is not the tensor it was taken from")
-            if not t.is_contiguous():
-                raise ValueError(f"params[{k}] (shape {tuple(t.shape)}, stride {t.stride()}) is not contiguous; "
-                                 "expected the contiguous tensors perturb_ saved")
+def _dtypes(segments: Sequence[Segment]) -> set:
+    return {s.tensor.dtype for s in segments}
 
 
 # ---- public API ----------------------------------------------------------------------------------
 
 def perturb_(params, sigma: float, seed: int = 0, stream: int = 0, *, layout: ParamLayout | None = None,
              backend: str | None = None, backup: Backup | None = None) -> Backup:
-    """In place ``theta += sigma * z`` over all tensors, saving the originals in one pass.
+    """In place ``theta += sigma * z`` over all tensors (or slices), saving the originals in one pass.
 
     Args:
-        params: an ``nn.Module``, a list of tensors, or ``(name, tensor)`` pairs (or a dict).
+        params: an ``nn.Module``, a list of tensors, or ``(name, tensor)`` pairs (or a dict); an entry may
+            be ``(ParamSlice, full_tensor)`` (see :func:`~fastnas.ops.path_params`): only the box is
+            perturbed, with the noise the whole tensor gets there.
         sigma: noise standard deviation, finite and >= 0.
         seed, stream: the noise key, integers in ``[0, 2**32)``.
         layout: offsets of the tensors in the noise stream (default: the module's own layout, or the
-            running element count of ``params``). With a layout, a subset of a model is perturbed
-            exactly as perturbing the whole model would perturb it.
+            running element count of the distinct tensors of ``params``). With a layout, a subset of a
+            model is perturbed exactly as perturbing the whole model would perturb it.
         backend: ``None`` (automatic) or "cpp", "cuda", "triton", "reference".
         backup: a previous :class:`Backup` whose buffer is reused when large enough.
 
@@ -203,38 +155,40 @@ def perturb_(params, sigma: float, seed: int = 0, stream: int = 0, *, layout: Pa
         backup = [p.detach().clone() for p in params]
         for p in params: p.data.add_(torch.randn_like(p) * sigma)
     """
-    tensors, offsets, _ = resolve_params(params, layout)
+    segments = resolve_params(params, layout)
     sigma = _check_sigma(sigma)
     seed, stream = _check_u32(seed, "seed"), _check_u32(stream, "stream")
-    device = _check_tensors(tensors)
-    chosen = DISPATCH.pick(device, {t.dtype for t in tensors}, backend)
+    device = _check_tensors(segments)
+    chosen = DISPATCH.pick(device, _dtypes(segments), backend)
     if backup is not None and not isinstance(backup, Backup):
         raise TypeError(f"backup: expected a Backup returned by perturb_, got {type(backup).__name__}")
-    out = Backup.allocate(tensors, device, chosen.name, reuse=backup)
+    out = Backup.allocate(segments, device, chosen.name, reuse=backup)
+    out.written = 0
     try:
         with torch.no_grad():
-            chosen.impl.perturb(tensors, tensors, out, offsets, sigma, seed, stream)
+            chosen.impl.perturb(segments, None, out, sigma, seed, stream)
     except BaseException:
-        # Nothing may stay perturbed: put back whatever was written (the backup of each tensor is
-        # taken before that tensor is written).
+        # Nothing may stay perturbed: put back what may have been written (the backup of each element
+        # is taken before that element is written), and only that: the rest of the buffer is garbage.
         with torch.no_grad():
-            _reference.restore(tensors, out)
+            views = out.views(segments)
+            _reference.restore(segments[:out.written], out, views[:out.written])
         raise
-    _bump_versions(tensors)
+    _bump_versions(segments)
     return out
 
 
 def restore_(params, backup: Backup, *, backend: str | None = None) -> None:
-    """Copies the values saved by :func:`perturb_` back, bit for bit."""
-    tensors, _, _ = resolve_params(params, None)
+    """Copies the values saved by :func:`perturb_` back, bit for bit (``params`` as given to it)."""
+    segments = resolve_params(params, None)
     if not isinstance(backup, Backup):
         raise TypeError(f"backup: expected the Backup returned by perturb_, got {type(backup).__name__}")
-    backup.check(tensors)  # same pointers, sizes, dtypes and device as the validated perturb_ call
-    device = tensors[0].device if tensors else torch.device("cpu")
-    chosen = DISPATCH.pick(device, {t.dtype for t in tensors}, backend)
+    backup.check(segments)  # same pointers, sizes, boxes, dtypes and device as the validated perturb_ call
+    device = segments[0].tensor.device if segments else torch.device("cpu")
+    chosen = DISPATCH.pick(device, _dtypes(segments), backend)
     with torch.no_grad():
-        chosen.impl.restore(tensors, backup)
-    _bump_versions(tensors)
+        chosen.impl.restore(segments, backup)
+    _bump_versions(segments)
 
 
 @contextlib.contextmanager
@@ -275,20 +229,25 @@ def perturbed_copies(params, sigmas: Sequence[float], seed: int = 0, stream=0, *
             (e.g. ``[s] * K``: one shared direction scaled by each sigma).
 
     Returns:
-        One new tensor per parameter, shape ``(K, *param.shape)``: ``out[j][k]`` is level ``k`` of ``params[j]``.
+        One new tensor per entry of ``params``, shape ``(K, *param.shape)`` (for a slice, ``(K, *box)``, a
+        contiguous copy of the box): ``out[j][k]`` is level ``k`` of ``params[j]``.
     """
-    tensors, offsets, _ = resolve_params(params, layout)
+    segments = resolve_params(params, layout)
     sigmas = [_check_sigma(s, f"sigmas[{i}]") for i, s in enumerate(sigmas)]
     if not sigmas:
         raise ValueError("sigmas: expected at least one noise level")
     streams = _streams(stream, len(sigmas))
     seed = _check_u32(seed, "seed")
-    device = _check_tensors(tensors)
-    chosen = DISPATCH.pick(device, {t.dtype for t in tensors}, backend)
-    outs = [torch.empty((len(sigmas),) + tuple(t.shape), dtype=t.dtype, device=device) for t in tensors]
+    device = _check_tensors(segments)
+    chosen = DISPATCH.pick(device, _dtypes(segments), backend)
+    outs: list[torch.Tensor] = []
+    for seg in segments:
+        if seg.pos == 0:  # the first segment of its entry
+            outs.append(torch.empty((len(sigmas),) + seg.shape, dtype=seg.tensor.dtype, device=device))
     with torch.no_grad():
         for k, (s, st) in enumerate(zip(sigmas, streams)):
-            chosen.impl.perturb(tensors, [o[k] for o in outs], None, offsets, s, seed, st)
+            dsts = [outs[seg.entry][k].view(-1)[seg.pos:seg.pos + seg.numel] for seg in segments]
+            chosen.impl.perturb(segments, dsts, None, s, seed, st)
     return outs
 
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["philox_words", "normals", "perturb", "words", "normals_into", "restore"]
+__all__ = ["philox_words", "normals", "normals_at", "perturb", "words", "normals_into", "restore"]
 
 _M32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57
@@ -139,6 +139,16 @@ def normals(n: int, seed: int = 0, stream: int = 0, offset: int = 0, device="cpu
     return z[start:start + n]
 
 
+def normals_at(indices: torch.Tensor, seed: int = 0, stream: int = 0) -> torch.Tensor:
+    """float32 normals at arbitrary global element indices (int64 tensor, any shape)."""
+    idx = indices.to(torch.int64)
+    w = philox_words(idx // 4, seed, stream)
+    n0, n1 = _box_muller(w[..., 0], w[..., 1])
+    n2, n3 = _box_muller(w[..., 2], w[..., 3])
+    lane = idx % 4
+    return torch.where(lane == 0, n0, torch.where(lane == 1, n1, torch.where(lane == 2, n2, n3)))
+
+
 def _perturbed_value(x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Tensor:
     if x.dtype == torch.float64:
         return x + z.to(torch.float64) * torch.tensor(sigma, dtype=torch.float64, device=x.device)
@@ -146,16 +156,30 @@ def _perturbed_value(x: torch.Tensor, sigma: float, z: torch.Tensor) -> torch.Te
     return (x.to(torch.float32) + t).to(x.dtype)
 
 
-def perturb(srcs: Sequence[torch.Tensor], dsts: Sequence[torch.Tensor], backup, offsets: Sequence[int],
-            sigma: float, seed: int, stream: int) -> None:
-    """``dst = src + sigma * z[offset:offset + numel]`` per tensor; ``src`` saved into ``backup`` first."""
-    backups = backup.views(srcs) if backup is not None else None
-    for k, (src, dst, off) in enumerate(zip(srcs, dsts, offsets)):
-        z = normals(src.numel(), seed, stream, off, device=src.device).view(src.shape)
-        value = _perturbed_value(src, sigma, z)
+def perturb(segments: Sequence, dsts, backup, sigma: float, seed: int, stream: int) -> None:
+    """``x = x + sigma * z[offset + flat index]`` over each segment ``x`` (a tensor or the box of a slice).
+
+    ``dsts=None`` writes in place; otherwise ``dsts[k]`` is a flat tensor receiving segment ``k``
+    packed (row-major). The originals go into ``backup`` (packed) before anything is written.
+    """
+    backups = backup.views(segments) if backup is not None else None
+    for k, seg in enumerate(segments):
+        if seg.numel == 0:
+            continue
+        src = seg.tensor
+        x = src.view(-1) if seg.whole else seg.view()
         if backups is not None:
-            backups[k].copy_(src.reshape(-1))
-        dst.copy_(value)
+            backups[k].copy_(x.reshape(-1))
+            backup.written = k + 1  # saved: from here on segment k may be written
+        if seg.whole:
+            z = normals(seg.numel, seed, stream, seg.offset, device=src.device)
+        else:
+            z = normals_at(seg.offset + seg.flat_indices(), seed, stream)
+        value = _perturbed_value(x, sigma, z)
+        if dsts is None:
+            x.copy_(value)
+        else:
+            dsts[k].copy_(value.reshape(-1))
 
 
 def words(out: torch.Tensor, group0: int, seed: int, stream: int) -> None:
@@ -168,7 +192,12 @@ def normals_into(out: torch.Tensor, offset: int, seed: int, stream: int) -> None
     out.copy_(normals(out.numel(), seed, stream, offset, device=out.device))
 
 
-def restore(tensors: Sequence[torch.Tensor], backup) -> None:
-    """Copies the bytes saved in ``backup`` back into ``tensors``."""
-    for t, b in zip(tensors, backup.views(tensors)):
-        t.view(-1).copy_(b)
+def restore(segments: Sequence, backup, views=None) -> None:
+    """Copies the bytes saved in ``backup`` (or the given views of it) back into each segment."""
+    for seg, b in zip(segments, backup.views(segments) if views is None else views):
+        if seg.numel == 0:
+            continue
+        if seg.whole:
+            seg.tensor.view(-1).copy_(b)
+        else:
+            seg.view().copy_(b.view(seg.size0, seg.size1, seg.run))

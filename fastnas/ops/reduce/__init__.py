@@ -28,14 +28,15 @@ DISPATCH = Dispatcher(
         Backend("reference", ("cpu", "cuda"), (torch.float32,), lambda: None, _reference),
         Backend("cpp", ("cpu",), (torch.float32,), _cpp.availability, _cpp),
         Backend("triton", ("cuda", "cpu"), (torch.float32,), _triton.availability, _triton,
-                devices_fn=_triton.devices),
+                devices_fn=_triton.devices, limits=_triton.limits),
     ],
     priority={"cpu": ["cpp", "reference"], "cuda": ["triton", "reference"]},
 )
 
 
 def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Tensor, correct_acc: torch.Tensor,
-                  *, slot: int = 0, rows_per_slot: int | None = None, backend: str | None = None) -> None:
+                  *, slot: int = 0, rows_per_slot: int | None = None, backend: str | None = None,
+                  check_labels: bool = True) -> None:
     """Adds each row's cross-entropy to ``loss_acc[slot(r)]`` and its correctness to ``correct_acc[slot(r)]``.
 
     Args:
@@ -43,6 +44,13 @@ def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Te
         labels: int64 ``(rows_per_slot,)``.
         loss_acc: float64 accumulators ``(slots,)``; correct_acc: int64 accumulators ``(slots,)``.
         slot: the slot of row 0; rows_per_slot: rows per slot (default: ``len(labels)``).
+        backend: ``None`` (automatic) or "cpp", "triton", "reference".
+        check_labels: check that every label is in ``[0, classes)`` (one small reduction; on a GPU, one
+            host synchronisation). A caller that checked its labels once may pass False.
+
+    Raises:
+        ValueError: bad shapes, dtypes or devices, or a label outside ``[0, classes)`` (checked here,
+            the same for every backend).
     """
     if logits.dim() == 3:
         logits = logits.reshape(-1, logits.shape[-1])
@@ -64,5 +72,13 @@ def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Te
     for name, t in (("labels", labels), ("loss_acc", loss_acc), ("correct_acc", correct_acc)):
         if t.device != logits.device or not t.is_contiguous():
             raise ValueError(f"{name}: expected a contiguous tensor on {logits.device}")
-    chosen = DISPATCH.pick(logits.device, {torch.float32}, backend)
+    classes = logits.shape[1]
+    if check_labels:
+        lo, hi = torch.aminmax(labels)
+        lo, hi = torch.stack([lo, hi]).tolist()  # one host synchronisation
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"labels: values from {lo} to {hi}; expected class indices in [0, {classes}) for "
+                             f"logits with {classes} classes")
+    chosen = DISPATCH.pick(logits.device, {torch.float32}, backend,
+                           sizes={"rows": logits.shape[0], "classes": classes})
     chosen.impl.loss_correct_(logits, labels.contiguous(), loss_acc, correct_acc, int(slot), rows_per_slot)

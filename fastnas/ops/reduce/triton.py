@@ -9,9 +9,23 @@ import torch
 
 from fastnas.ops.perturb.triton import availability, devices, triton, tl
 
-__all__ = ["availability", "devices", "loss_correct_"]
+__all__ = ["availability", "devices", "limits", "loss_correct_"]
 
 _ROWS = 16
+_MAX_BLOCK = 2**20  # Triton's largest block (elements); one program holds _ROWS rows of all classes
+_MAX_CLASSES = _MAX_BLOCK // _ROWS
+_MAX_PROGRAMS = 2**31 - 1
+
+
+def limits(sizes) -> list[str]:
+    """Why these sizes are beyond this kernel (empty when they are fine): read by the dispatcher."""
+    reasons = []
+    classes, rows = sizes.get("classes", 1), sizes.get("rows", 0)
+    if classes > _MAX_CLASSES:
+        reasons.append(f"{classes} classes exceed the kernel's {_MAX_CLASSES} (one block holds a row)")
+    if (rows + _ROWS - 1) // _ROWS > _MAX_PROGRAMS:
+        reasons.append(f"{rows} rows exceed the grid limit")
+    return reasons
 
 if triton is not None:
 
@@ -41,6 +55,12 @@ def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Te
     rows, classes = logits.shape
     if rows == 0:
         return
+    why = limits({"rows": rows, "classes": classes})
+    if why:  # the dispatcher checks this; a direct call is rejected here, before launching
+        raise NotImplementedError(f"triton loss_correct: {'; '.join(why)}")
+    if logits.dtype != torch.float32 or labels.dtype != torch.int64:
+        raise NotImplementedError(f"triton loss_correct: expected float32 logits and int64 labels, got "
+                                  f"{logits.dtype} and {labels.dtype}")
     block_c = triton.next_power_of_2(classes)
     _loss_correct_kernel[(triton.cdiv(rows, _ROWS),)](
         logits, labels, loss_acc, correct_acc, rows, classes, rows_per_slot, slot0, BLOCK_R=_ROWS, BLOCK_C=block_c)
