@@ -26,7 +26,7 @@ A strategy is any object with ``step(model, choice, x, y, optimizer, *, grad_cli
                     teacher = F.softmax(logits.detach() / self.t, 1)
                     first, hits = loss.detach(), (logits.detach().argmax(1) == y).sum()
                 loss.backward()                           # gradients accumulate over the archs
-            on_paths = set().union(*(model.path_parameters(a) for a in archs))
+            on_paths = {getattr(e, "name", e) for a in archs for e in model.path_parameters(a)}
             for name, p in model.named_parameters():
                 if name not in on_paths:
                     p.grad = None                         # off every path: no decay, no momentum
