@@ -1,28 +1,25 @@
-"""Deterministic mini-batches and batched crop-and-flip augmentation on tensors.
+"""Deterministic mini-batches (:class:`Batches`: training, recalibration, evaluation) and batched
+crop-and-flip augmentation on tensors.
 
 A batch depends only on ``(seed, epoch, batch index)``: the order is a permutation seeded by
-``(seed, epoch)`` and each batch's augmentation by ``(seed, epoch, index)``. So a trainer resumed after
-a kill at batch ``k`` sees exactly the batches it would have seen (``Batches(..., start=k)``), without
-replaying the first ``k``.
+``(seed, epoch)`` and each batch's augmentation by ``(seed, epoch, index)`` (see :mod:`fastnas.seeds`).
+So a trainer resumed after a kill at batch ``k`` sees exactly the batches it would have seen
+(``Batches(..., start=k)``), without replaying the first ``k``.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterator, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+
+from fastnas.seeds import SEED_SEQUENCE, derive_seed
 
 __all__ = ["augment", "Batches", "batches"]
 
 Fill = Union[float, Sequence[float]]
-
-
-def _seed(*words: int) -> int:
-    # SeedSequence mixes the words well and is stable across numpy versions and platforms.
-    return int(np.random.SeedSequence([int(w) & 0xFFFFFFFFFFFFFFFF for w in words])
-               .generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, flip: bool = True,
@@ -79,60 +76,101 @@ def augment(x: torch.Tensor, generator: torch.Generator, *, padding: int = 4, fl
 
 
 class Batches:
-    """Iterable of ``(x, y)`` mini-batches, deterministic in ``(seed, epoch)``.
+    """Iterable of ``(x, y)`` mini-batches, deterministic in ``(seed, epoch)``: the one batcher.
+
+    It serves the three uses of batches in fastnas:
+
+    * **training** -- a permutation per epoch, optionally augmented:
+      ``Batches(x, y, 64, seed=s, epoch=e, augment=True)``;
+    * **recalibration** -- a fixed number of full batches of images drawn without replacement from a
+      stream of permutations of one generator (the same images for every candidate):
+      ``Batches(x, None, 64, order_seed=s, num_batches=14)``;
+    * **evaluation** -- the samples in order: ``Batches(x, y, 256, shuffle=False)``.
+
+    Seeds (:mod:`fastnas.seeds`): the sample order of an epoch is a ``torch.randperm`` of a generator
+    seeded with ``order_seed`` (default ``derive_seed(seed, SEED_SEQUENCE, epoch, 0)``), the augmentation
+    of batch ``k`` uses ``derive_seed(seed, SEED_SEQUENCE, epoch, k + 1)``.
 
     Args:
-        x: ``(N, C, H, W)`` images; y: ``(N,)`` labels.
+        x: ``(N, C, H, W)`` images; y: ``(N,)`` labels, or ``None`` (the batches are then ``(x, None)``).
         batch_size: samples per batch (the last one smaller unless ``drop_last``).
         shuffle: permute the samples (seeded by ``(seed, epoch)``); else keep their order.
-        seed, epoch: the batches are a function of these two only.
+        seed, epoch: the batches are a function of these two only (and ``order_seed`` when given).
         augment: apply :func:`augment` (crop with ``padding``, flip) to each batch.
         drop_last: drop a final incomplete batch.
         padding, fill: passed to :func:`augment`.
         start: first batch index to yield (resume mid-epoch); earlier batches are not computed.
         device: move each batch there (non-blocking) before augmenting.
+        order_seed: the seed of the generator of the sample order, replacing the one derived from
+            ``(seed, epoch)`` (e.g. ``derive_seed(run_seed, "batches", epoch)`` of the SPOS trainer).
+        num_batches: yield exactly this many full batches from the stream of permutations of one
+            generator (when the samples run out, the next permutation of the same generator continues
+            the stream; batches may straddle two permutations); ``drop_last`` is then moot. ``None``
+            (default): one pass over the samples.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
+    def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor], batch_size: int, *, shuffle: bool = True,
                  seed: int = 0, epoch: int = 0, augment: bool = False, drop_last: bool = False,
                  padding: int = 4, fill: Fill = 0.0, start: int = 0,
-                 device: Optional[Union[str, torch.device]] = None) -> None:
-        if x.shape[0] != y.shape[0]:
+                 device: Optional[Union[str, torch.device]] = None, order_seed: Optional[int] = None,
+                 num_batches: Optional[int] = None) -> None:
+        if y is not None and x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-        if batch_size < 1:
-            raise ValueError(f"Invalid batch_size: {batch_size} (expected >= 1)")
-        if start < 0:
-            raise ValueError(f"Invalid start: {start} (expected >= 0)")
+        for name, value, low in (("batch_size", batch_size, 1), ("start", start, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+                raise ValueError(f"Invalid {name}: {value!r} (expected an integer >= {low})")
+        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, numbers.Integral)
+                                        or num_batches < 0):
+            raise ValueError(f"Invalid num_batches: {num_batches!r} (expected None or an integer >= 0)")
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.seed, self.epoch, self.augment = int(seed), int(epoch), augment
         self.padding, self.fill, self.start, self.device = padding, fill, int(start), device
+        self.order_seed = None if order_seed is None else int(order_seed)
+        self.num_batches = None if num_batches is None else int(num_batches)
 
     def __len__(self) -> int:
         n = self.x.shape[0]
-        total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.num_batches is not None:
+            total = self.num_batches if n > 0 else 0
+        else:
+            total = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return max(0, total - self.start)
 
-    def order(self) -> torch.Tensor:
-        """The sample order of this epoch, ``(N,)`` int64 on CPU."""
-        n = self.x.shape[0]
-        if not self.shuffle:
-            return torch.arange(n)
-        g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, 0))
-        return torch.randperm(n, generator=g)
+    def _generator(self) -> torch.Generator:
+        seed = self.order_seed if self.order_seed is not None else derive_seed(self.seed, SEED_SEQUENCE, self.epoch, 0)
+        return torch.Generator().manual_seed(seed)
 
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        order = self.order().to(self.x.device)
+    def order(self) -> torch.Tensor:
+        """The sample order of this epoch, ``(N,)`` int64 on CPU (with ``num_batches``: the whole stream)."""
+        n = self.x.shape[0]
+        passes = 1
+        if self.num_batches is not None:  # as many permutations as the stream needs
+            passes = -(-self.num_batches * self.batch_size // n) if n > 0 else 0
+        if not self.shuffle:
+            return torch.arange(n).repeat(passes)
+        g = self._generator()
+        if passes == 1:
+            return torch.randperm(n, generator=g)
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(passes)] or [torch.empty(0, dtype=torch.int64)])
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
         n, b = self.x.shape[0], self.batch_size
-        stop = (n // b) * b if self.drop_last else n
+        if self.num_batches is not None:
+            stop = self.num_batches * b if n > 0 else 0
+        else:
+            stop = (n // b) * b if self.drop_last else n
+        # Batches are copies (never views): a model that works in place on its input cannot alter the data.
+        order = self.order().to(self.x.device)
         for k, i in enumerate(range(self.start * b, stop, b), start=self.start):
             idx = order[i:i + b]
-            xb, yb = self.x[idx], self.y[idx]
+            xb = self.x.index_select(0, idx)  # (B, C, H, W); 2x faster than x[idx] on CPU
+            yb = self.y.index_select(0, idx) if self.y is not None else None
             if self.device is not None:
                 xb = xb.to(self.device, non_blocking=True)
-                yb = yb.to(self.device, non_blocking=True)
+                yb = yb.to(self.device, non_blocking=True) if yb is not None else None
             if self.augment:
-                g = torch.Generator().manual_seed(_seed(self.seed, self.epoch, k + 1))
+                g = torch.Generator().manual_seed(derive_seed(self.seed, SEED_SEQUENCE, self.epoch, k + 1))
                 xb = augment(xb, g, padding=self.padding, fill=self.fill)
             yield xb, yb
 

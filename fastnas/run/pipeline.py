@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from fastnas.run.config import PHASE_KEYS, SESSION_KEYS, RunConfig
-from fastnas.run.retrain import derived_seed
+from fastnas.seeds import derive_seed, derive_seed as derived_seed  # derived_seed: old name, used by Run.search
 from fastnas.run.rundir import RunDir, read_json, write_json_atomic
 
 __all__ = ["Prepared", "Run", "prepare", "prepare_from_run", "resolve_device", "merge_resume",
@@ -113,7 +113,7 @@ def _subset(pair: Pair, n: int, seed: int, purpose: str) -> Pair:
     x, y = pair
     if n <= 0 or n >= y.shape[0]:
         return pair
-    g = torch.Generator().manual_seed(derived_seed(seed, purpose))
+    g = torch.Generator().manual_seed(derive_seed(seed, purpose))
     idx = torch.randperm(y.shape[0], generator=g)[:n].sort().values
     return x[idx], y[idx]
 
@@ -286,7 +286,7 @@ class Run:
 
     def build_supernet(self) -> Any:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(self.config.seed, "supernet-init"))
+            torch.manual_seed(derive_seed(self.config.seed, "supernet-init"))
             net = self.space.supernet()
         return net.to(self.device)
 
@@ -313,7 +313,7 @@ class Run:
             fill = self.p.dataset.pad_fill
 
             def batch_fn(epoch: int):
-                return Batches(x, y, c.batch_size, seed=derived_seed(c.seed, "supernet-batches"), epoch=epoch,
+                return Batches(x, y, c.batch_size, seed=derive_seed(c.seed, "supernet-batches"), epoch=epoch,
                                augment=True, fill=fill)
 
         with self.timer.phase("train"):

@@ -1,18 +1,18 @@
-"""Retraining the found architecture from scratch, and testing it.
+"""Retraining the found architecture from scratch, and testing it: the training loop on a built network.
 
 The standalone network ``space.build(arch)`` gets fresh weights (seeded), trains on the whole training
-set (both halves of the search split) with SGD and a cosine schedule, and is tested on the held-out
-test set. A checkpoint is written atomically at the end of every epoch, so a killed retraining resumes
-where it stopped and ends bit-identical (CPU) to an uninterrupted one: the batches of epoch ``e`` depend
-only on ``(seed, e)`` and the global RNG is reseeded per epoch.
+set (both halves of the search split) with the one training loop (:func:`fastnas.train.loop.train`:
+SGD, cosine schedule, :class:`~fastnas.train.steps.Standalone` steps, a
+:class:`~fastnas.train.samplers.FixedSampler`), and is tested on the held-out test set. A checkpoint is
+written atomically at the end of every epoch, so a killed retraining resumes where it stopped and ends
+bit-identical (CPU) to an uninterrupted one: the batches of epoch ``e`` depend only on ``(seed, e)`` and
+the global RNG is reseeded per epoch. Seeds (:mod:`fastnas.seeds`): ``"retrain-init"`` (weights),
+``"retrain-batches"`` (the batcher's seed), ``"retrain-epoch-{e}"`` (in-model randomness of epoch ``e``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
@@ -21,7 +21,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.data import Batches
-from fastnas.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from fastnas.seeds import derive_seed
+from fastnas.train.checkpoint import fingerprint
+from fastnas.train.config import TrainConfig
+from fastnas.train.loop import Checkpointing
+from fastnas.train.loop import train as train_loop  # `train` is retrain()'s data argument
+from fastnas.train.samplers import FixedSampler
+from fastnas.train.steps import Standalone
 
 __all__ = ["retrain", "evaluate", "derived_seed", "RETRAIN_KIND"]
 
@@ -32,9 +38,8 @@ ProgressFn = Callable[[str, Dict[str, Any]], None]
 
 
 def derived_seed(seed: int, purpose: str) -> int:
-    """A 63-bit seed from ``(seed, purpose)``, stable across processes and platforms."""
-    digest = hashlib.sha256(f"fastnas.run:{seed}:{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    """``derive_seed(seed, purpose)`` (:func:`fastnas.seeds.derive_seed`), under its former name."""
+    return derive_seed(seed, purpose)
 
 
 @torch.no_grad()
@@ -43,9 +48,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     """``(top-1 accuracy in [0, 1], mean cross-entropy)`` of ``model`` in eval mode."""
     model.eval()
     correct, loss, n = 0, 0.0, int(y.shape[0])
-    for start in range(0, n, batch_size):
-        xb = x[start:start + batch_size].to(device)
-        yb = y[start:start + batch_size].to(device)
+    for xb, yb in Batches(x, y, batch_size, shuffle=False, device=device):
         out = model(xb)
         logits = out[0] if isinstance(out, (tuple, list)) else out
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
@@ -88,65 +91,36 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
                 "epochs": epochs, "batch_size": batch_size, "lr": float(lr), "lr_min": float(lr_min),
                 "momentum": float(momentum), "weight_decay": float(weight_decay),
                 "grad_clip": float(grad_clip), "augment": bool(augment), "seed": seed, "n_train": int(train[1].shape[0])}
-    fp = fingerprint(settings)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, lr_min=lr_min, momentum=momentum,
+                         weight_decay=weight_decay, grad_clip=grad_clip, seed=seed, augment=bool(augment))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, "retrain-init"))
+        torch.manual_seed(derive_seed(seed, "retrain-init"))
         model = space.build(arch, **build_kwargs)
-    model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr_min)
-    history: Dict[str, list] = {"loss": [], "accuracy": [], "time": []}
-    start = 0
-    ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-    if ckpt is not None and ckpt.exists():
-        payload = load_checkpoint(ckpt, expected_kind=RETRAIN_KIND)
-        if payload.get("fingerprint") != fp:
-            raise ValueError(f"checkpoint {str(ckpt)!r} belongs to another retraining (other architecture "
-                             "or settings); delete it to start over")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        history = {k: list(v) for k, v in payload["history"].items()}
-        start = int(payload["epoch"])
-    if progress is not None:
-        progress("start", {"epochs": epochs, "start_epoch": start})
+    checkpointing = None
+    if checkpoint_path is not None:
+        ckpt = Path(checkpoint_path)
+        checkpointing = Checkpointing(
+            path=ckpt, kind=RETRAIN_KIND, fingerprint=fingerprint(settings), meta={"settings": settings},
+            mismatch=lambda payload: (f"checkpoint {str(ckpt)!r} belongs to another retraining (other "
+                                      "architecture or settings); delete it to start over"))
     x, y = train
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derived_seed(seed, f"retrain-epoch-{epoch}"))
-            for xb, yb in Batches(x, y, batch_size, seed=derived_seed(seed, "retrain-batches"), epoch=epoch,
-                                  augment=augment, fill=fill, device=device):
-                optimizer.zero_grad(set_to_none=True)
-                out = model(xb)
-                logits = out[0] if isinstance(out, (tuple, list)) else out
-                loss = F.cross_entropy(logits, yb)
-                loss.backward()
-                if grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                loss_sum += float(loss.detach()) * yb.shape[0]
-                correct += int((logits.detach().argmax(1) == yb).sum())
-                seen += int(yb.shape[0])
-        scheduler.step()
-        history["loss"].append(loss_sum / max(seen, 1))
-        history["accuracy"].append(correct / max(seen, 1))
-        history["time"].append(time.perf_counter() - t0)
-        if not math.isfinite(history["loss"][-1]):
-            logger.warning("retrain epoch %d: loss is %s", epoch, history["loss"][-1])
-        if ckpt is not None:
-            save_checkpoint(ckpt, {"kind": RETRAIN_KIND, "fingerprint": fp, "settings": settings,
-                                   "epoch": epoch + 1, "model": model.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "history": history})
-        if progress is not None:
-            progress("epoch", {"epoch": epoch, "epochs": epochs, "loss": history["loss"][-1],
-                               "accuracy": history["accuracy"][-1]})
+    batch_seed = derive_seed(seed, "retrain-batches")
+
+    def batches(epoch: int) -> Batches:
+        return Batches(x, y, batch_size, seed=batch_seed, epoch=epoch, augment=augment, fill=fill, device=device)
+
+    def forward(event: str, info: Dict[str, Any]) -> None:
+        if event in ("start", "epoch"):  # the retraining reports epochs; "end" comes with the test below
+            progress(event, info)
+
+    history = train_loop(model, Standalone(), FixedSampler(arch), batches, config, device=device,
+                         checkpoint=checkpointing, progress=forward if progress is not None else None,
+                         steps_per_epoch=len(batches(0)),
+                         rng_seed=lambda epoch: derive_seed(seed, f"retrain-epoch-{epoch}"),
+                         name="retraining", log_level=logging.DEBUG)
     acc, loss = evaluate(model, test[0], test[1], device=device)
-    out = {"test_accuracy": acc, "test_loss": loss, "epoch_loss": history["loss"],
-           "epoch_accuracy": history["accuracy"], "epochs": epochs,
+    out = {"test_accuracy": acc, "test_loss": loss, "epoch_loss": history.epoch_loss,
+           "epoch_accuracy": history.epoch_accuracy, "epochs": epochs,
            "params": sum(p.numel() for p in model.parameters())}
     if progress is not None:
         progress("end", out)

@@ -135,6 +135,49 @@ def test_batches_validation():
         Batches(x, y[:4], 2)
 
 
+def _calibration_reference(x, n_batches, batch_size, seed):
+    """The recalibration draw of fastnas 0.1 (metrics.evaluator.calibration_batches), written out."""
+    n = x.shape[0]
+    if n == 0 or n_batches == 0:
+        return []
+    g = torch.Generator().manual_seed(seed)
+    perms, have = [], 0
+    while have < n_batches * batch_size:
+        perms.append(torch.randperm(n, generator=g))
+        have += n
+    idx = torch.cat(perms)[:n_batches * batch_size]
+    return list(x.index_select(0, idx).split(batch_size))
+
+
+@pytest.mark.parametrize("n, n_batches, batch_size", [(50, 3, 16), (50, 7, 16), (10, 5, 4), (16, 2, 8), (5, 0, 2)])
+def test_batches_serve_recalibration(n, n_batches, batch_size):
+    x, _ = _data(n)
+    ref = _calibration_reference(x, n_batches, batch_size, seed=11)
+    b = Batches(x, None, batch_size, order_seed=11, num_batches=n_batches)
+    got = list(b)
+    assert len(b) == len(got) == len(ref) == n_batches
+    for (xb, yb), r in zip(got, ref):
+        assert yb is None and torch.equal(xb, r)
+    assert list(Batches(x[:0], None, 4, num_batches=3)) == [] and len(Batches(x[:0], None, 4, num_batches=3)) == 0
+    with pytest.raises(ValueError, match="num_batches"):
+        Batches(x, None, 4, num_batches=-1)
+
+
+def test_batches_serve_evaluation_and_take_an_order_seed():
+    x, y = _data(50)
+    got = list(Batches(x, y, 16, shuffle=False))
+    assert [b[1].tolist() for b in got] == [list(range(i, min(i + 16, 50))) for i in range(0, 50, 16)]
+    assert all(torch.equal(xb, x[yb]) for xb, yb in got)
+    # order_seed replaces the (seed, epoch) permutation: the SPOS trainer's historical batch order.
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(99))
+    seeded = torch.cat([yb for _, yb in Batches(x, y, 16, seed=5, epoch=3, order_seed=99)])
+    assert seeded.tolist() == perm.tolist()
+    with pytest.raises(ValueError, match="batch_size"):
+        Batches(x, y, 2.0)
+    with pytest.raises(ValueError, match="start"):
+        Batches(x, y, 2, start=-1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_augment_and_batches_on_cuda():

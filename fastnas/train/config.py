@@ -1,0 +1,93 @@
+"""The settings of a training run: :class:`TrainConfig` (one config for the supernet and for retraining)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional
+
+from fastnas._hints import did_you_mean
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one run of the training loop (defaults: the GeNAS/DARTS supernet recipe).
+
+    The supernet (:func:`fastnas.train.train_supernet`) and a retrained network
+    (:func:`fastnas.run.retrain.retrain`) are trained by the same loop with these settings.
+
+    Args:
+        epochs: number of passes over the training data (GeNAS README: 250).
+        batch_size: images per step.
+        lr: initial learning rate of the cosine schedule.
+        lr_min: final learning rate (``eta_min``).
+        momentum: SGD momentum.
+        nesterov: Nesterov momentum (needs ``momentum > 0``).
+        weight_decay: L2 penalty added to the gradients of the path's parameters.
+        grad_clip: maximum total gradient norm over the path's parameters; ``0`` disables clipping.
+        seed: seeds architecture sampling, batch order and in-model randomness (not the weight init).
+        label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        augment: whether the data layer augments the training images. The loop itself does not
+            augment; the caller provides augmented batches (:class:`fastnas.data.Batches` with
+            ``augment=True``). Recorded here so that the setting is saved and part of the checkpoint
+            fingerprint.
+        drop_last: drop the last incomplete batch of each epoch (the reference code keeps it).
+    """
+
+    epochs: int = 250
+    batch_size: int = 64
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    seed: int = 0
+    label_smoothing: float = 0.0
+    augment: bool = False
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, minimum: Optional[int]) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or (minimum is not None and v < minimum):
+                bound = f" >= {minimum}" if minimum is not None else ""
+                raise ValueError(f"Invalid {name} value: {v!r} (expected an integer{bound})")
+
+        def check_float(name: str, ok: Callable[[float], bool], expectation: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"Invalid {name} value: {v!r} (expected {expectation})")
+            # 1 and 1.0 must give the same saved config and checkpoint fingerprint.
+            object.__setattr__(self, name, float(v))
+
+        check_int("epochs", 1)
+        check_int("batch_size", 1)
+        check_int("seed", None)
+        check_float("lr", lambda v: v > 0, "a number > 0")
+        check_float("lr_min", lambda v: 0 <= v <= self.lr, f"a number in [0, lr={self.lr!r}]")
+        check_float("momentum", lambda v: v >= 0, "a number >= 0")
+        check_float("weight_decay", lambda v: v >= 0, "a number >= 0")
+        check_float("grad_clip", lambda v: v >= 0, "a number >= 0; 0 disables clipping")
+        check_float("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
+        for name in ("nesterov", "augment", "drop_last"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"Invalid {name} value: {getattr(self, name)!r} (expected True or False)")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Invalid nesterov value: True needs momentum > 0 (got momentum=0)")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        """The config from a dict; ``None`` values keep the defaults, unknown keys raise ``ValueError``."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in d:
+            if key not in names:
+                hint = did_you_mean(key, names, n=3)
+                raise ValueError(f"unknown TrainConfig key {key!r}; expected one of {names}{hint}")
+        return cls(**{k: v for k, v in d.items() if v is not None})
