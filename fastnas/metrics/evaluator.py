@@ -151,18 +151,11 @@ def calibration_batches(x: torch.Tensor, n_batches: int, batch_size: int, seed: 
     Indices come from seeded random permutations of ``range(len(x))`` (a new permutation when one is
     used up), so every candidate is recalibrated on the same images.
     """
-    n = int(x.shape[0])
-    if n == 0 or n_batches == 0:
+    from fastnas.data import Batches  # the one batcher (its recalibration mode draws exactly this stream)
+
+    if int(x.shape[0]) == 0 or n_batches == 0:
         return []
-    g = torch.Generator().manual_seed(int(seed))
-    need = n_batches * batch_size
-    perms = []
-    have = 0
-    while have < need:
-        perms.append(torch.randperm(n, generator=g))
-        have += n
-    idx = torch.cat(perms)[:need].to(x.device)
-    return list(x.index_select(0, idx).split(batch_size))
+    return [xb for xb, _ in Batches(x, None, batch_size, order_seed=int(seed), num_batches=n_batches)]
 
 
 def _bn_buffers(module: nn.Module) -> List[torch.Tensor]:
@@ -189,7 +182,7 @@ def _preserved(module: nn.Module, buffers: bool):
 
 
 def _default_batch_size(device: torch.device, n: int, precision: str) -> int:
-    # Measured on a 2-core AVX-512 CPU (NB201 C=16, 32x32, channels-last): fp32 fastest at 64 (activations
+    # Measured on a 2-core AVX-512 CPU (a C=16 cell supernet, 32x32, channels-last): fp32 fastest at 64 (activations
     # stay in cache), bf16 at 128; on a GPU the whole set (up to 2048) fills the device better.
     if device.type == "cpu":
         return max(1, min(n, 64 if precision == "fp32" else 128))

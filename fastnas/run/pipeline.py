@@ -291,12 +291,8 @@ class Run:
         return net.to(self.device)
 
     def train_config(self) -> Any:
-        from fastnas.train import TrainConfig
-
         c = self.config
-        return TrainConfig(epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, lr_min=c.lr_min,
-                           momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
-                           seed=c.seed, augment=bool(c.augment))
+        return c.component("train", seed=c.seed, augment=bool(c.augment))
 
     def train(self) -> None:
         """Trains the supernet (or loads the finished checkpoint)."""
