@@ -3,12 +3,14 @@
 The small public API, re-exported here:
 
 * kernels: :func:`perturb_`, :func:`restore_`, :func:`perturbed`, :func:`perturbed_copies`,
-  :func:`noise`, :func:`philox_words`, :class:`ParamLayout`, :class:`ParamSlice`, :func:`backends`;
+  :func:`noise`, :func:`philox_words`, :class:`ParamLayout`, :class:`ParamSlice`, :func:`path_params`,
+  :func:`backends`;
 * scores: :func:`flatness` (drop-in, any ``nn.Module``), :class:`FlatnessConfig`,
   :class:`MultiSigmaEvaluator`, :func:`accuracy`, :func:`angle`, :func:`make_score_fn`, :class:`Score`,
-  :func:`kendall_tau`, :func:`spearman`;
+  :class:`Metric`, :func:`register_score_part`, :func:`kendall_tau`, :func:`spearman`;
 * spaces and search: :func:`create_space`, :func:`list_spaces`, :class:`NB201`, :class:`DARTS`,
-  :func:`evolve`, :class:`EvolutionConfig`, :func:`random_search`, :func:`exhaustive`;
+  the ask/tell protocol (:class:`Searcher`, :func:`create_searcher`, :class:`SearchConfig`,
+  :func:`run_search`), :func:`evolve`, :class:`EvolutionConfig`, :func:`random_search`, :func:`exhaustive`;
 * training and data: :func:`train_supernet`, :class:`TrainConfig`, :func:`load_dataset`.
 """
 
@@ -18,21 +20,23 @@ __version__ = "0.1.0"
 
 from fastnas import _native  # noqa: F401  (loads fastnas._C once, warns once if it is missing)
 from fastnas.data import load_dataset
-from fastnas.metrics import (FlatnessConfig, FlatnessResult, MultiSigmaEvaluator, Score, accuracy, angle, flatness,
-                             kendall_tau, make_score_fn, spearman)
-from fastnas.ops import (Backup, BackendStatus, ParamLayout, ParamSlice, backends, noise, perturb_, perturbed,
-                         perturbed_copies, philox_words, restore_)
-from fastnas.search import EvolutionConfig, evolve, exhaustive, random_search
+from fastnas.metrics import (FlatnessConfig, FlatnessResult, Metric, MultiSigmaEvaluator, Score, accuracy, angle,
+                             flatness, kendall_tau, make_score_fn, register_score_part, spearman)
+from fastnas.ops import (Backup, BackendStatus, ParamLayout, ParamSlice, backends, noise, path_params, perturb_,
+                         perturbed, perturbed_copies, philox_words, restore_)
+from fastnas.search import (EvolutionConfig, SearchConfig, Searcher, create_searcher, evolve, exhaustive,
+                            random_search, run_search)
 from fastnas.spaces import DARTS, NB201, create_space, list_spaces
 from fastnas.train import TrainConfig, train_supernet
 
 __all__ = [
     "__version__",
-    "Backup", "BackendStatus", "ParamLayout", "ParamSlice", "backends", "noise", "perturb_", "perturbed", "perturbed_copies",
-    "philox_words", "restore_",
-    "FlatnessConfig", "FlatnessResult", "MultiSigmaEvaluator", "Score", "accuracy", "angle", "flatness",
-    "kendall_tau", "make_score_fn", "spearman",
+    "Backup", "BackendStatus", "ParamLayout", "ParamSlice", "backends", "noise", "path_params", "perturb_",
+    "perturbed", "perturbed_copies", "philox_words", "restore_",
+    "FlatnessConfig", "FlatnessResult", "Metric", "MultiSigmaEvaluator", "Score", "accuracy", "angle", "flatness",
+    "kendall_tau", "make_score_fn", "register_score_part", "spearman",
     "DARTS", "NB201", "create_space", "list_spaces",
-    "EvolutionConfig", "evolve", "exhaustive", "random_search",
+    "EvolutionConfig", "SearchConfig", "Searcher", "create_searcher", "evolve", "exhaustive", "random_search",
+    "run_search",
     "TrainConfig", "train_supernet", "load_dataset",
 ]

@@ -139,13 +139,13 @@ class SearchConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SearchConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> Any:
         """Inverse of :meth:`to_dict`; ``None`` values keep the defaults, unknown keys are an error."""
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in d if k not in names]
         if unknown:
             hint = did_you_mean(unknown[0], names, n=3)
-            raise ValueError(f"unknown SearchConfig key {unknown[0]!r}; expected one of {names}{hint}")
+            raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; expected one of {names}{hint}")
         return cls(**{k: v for k, v in d.items() if v is not None})
 
 

@@ -28,7 +28,6 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from fastnas._hints import did_you_mean
 from fastnas.metrics.combine import Score
 from fastnas.search.base import SearchConfig, run_search
 from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
@@ -43,50 +42,26 @@ _STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
-class EvolutionConfig:
-    """Settings of :class:`Evolution` and :func:`evolve` (defaults: SPOS / GeNAS DARTS).
+class EvolutionConfig(SearchConfig):
+    """Settings of :class:`Evolution` and :func:`evolve` (defaults: SPOS / GeNAS DARTS): the fields of
+    :class:`~fastnas.search.base.SearchConfig`, read as evolution reads them, with its own checks.
 
     Attributes:
         population: candidates per generation.
-        topk: parents kept ("select" in SPOS).
-        mutations: mutated children per generation (each gene resampled with ``mutate_prob``).
-        crossovers: crossover children per generation.
-        mutate_prob: per-gene mutation probability.
+        topk: parents kept ("select" in SPOS), at most ``population``.
+        mutations, crossovers: mutated and crossed-over children per generation (together at most
+            ``population``); each gene of a mutated child is resampled with ``mutate_prob``.
         generations: scored generations, including the random generation 0.
-        seed: seed of the search's ``random.Random``.
-        max_params: upper limit on ``space.params(arch)`` (None: none).
         max_flops: upper limit on ``space.flops(arch)``, millions (None: none; SPOS ImageNet uses 330).
-        max_tries: attempts to produce each new child before giving up on it.
     """
 
-    population: int = 50
-    topk: int = 10
-    mutations: int = 25
-    crossovers: int = 25
-    mutate_prob: float = 0.1
-    generations: int = 20
-    seed: int = 0
-    max_params: Optional[float] = None
-    max_flops: Optional[float] = None
-    max_tries: int = 100
-
     def __post_init__(self) -> None:
-        for name in ("population", "topk", "generations", "max_tries"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
-        for name in ("mutations", "crossovers", "seed"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-                raise ValueError(f"{name}={value!r}: expected an integer >= 0")
+        super().__post_init__()
         if self.topk > self.population:
             raise ValueError(f"topk={self.topk!r}: expected at most population={self.population}")
         if self.mutations + self.crossovers > self.population:
             raise ValueError(f"mutations={self.mutations} + crossovers={self.crossovers} exceeds "
                              f"population={self.population}")
-        if not (isinstance(self.mutate_prob, (int, float)) and 0.0 <= self.mutate_prob <= 1.0):
-            raise ValueError(f"mutate_prob={self.mutate_prob!r}: expected a probability in [0, 1]")
-        Constraints(self.max_params, self.max_flops)  # validates the limits
 
     @classmethod
     def rlnas(cls, **overrides: Any) -> "EvolutionConfig":
@@ -95,27 +70,10 @@ class EvolutionConfig:
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "EvolutionConfig":
-        """Inverse of :meth:`to_dict`; ``None`` values keep the defaults, unknown keys are an error."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            hint = did_you_mean(unknown[0], names, n=3)
-            raise ValueError(f"unknown EvolutionConfig key {unknown[0]!r}; expected one of {names}{hint}")
-        return cls(**{k: v for k, v in d.items() if v is not None})
-
-
     @classmethod
     def from_search_config(cls, config: SearchConfig) -> "EvolutionConfig":
         """The evolution settings of a run's :class:`~fastnas.search.base.SearchConfig`."""
-        return cls(population=config.population, topk=config.topk, mutations=config.mutations,
-                   crossovers=config.crossovers, mutate_prob=config.mutate_prob, generations=config.generations,
-                   seed=config.seed, max_params=config.max_params, max_flops=config.max_flops,
-                   max_tries=config.max_tries)
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(SearchConfig)})
 
 
 class Evolution(BatchSearcher):
