@@ -50,7 +50,15 @@ class Case:
         self.supernet = self.space.supernet()
         self.initial_state = {k: v.clone() for k, v in self.supernet.state_dict().items()}
         rng = random.Random(0)
-        self.archs = [self.space.sample(rng) for _ in range(3)]
+        self.archs = []
+        for _ in range(50):  # three distinct archs where the space has them
+            arch = self.space.sample(rng)
+            if arch not in self.archs:
+                self.archs.append(arch)
+            if len(self.archs) == 3:
+                break
+        if hasattr(self.space, "smallest") and self.space.smallest() not in self.archs:
+            self.archs.append(self.space.smallest())  # a family's smallest member slices every layer
         c = self.space.in_channels
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(B, c, RES, RES, generator=g)
@@ -285,3 +293,29 @@ def test_scoring_and_evolution_run(case):
     result = fastnas.evolve(s, fn, config)
     assert result.topk and all(s.validate(r.arch) == r.arch for r in result.topk)
     assert result.topk[0].score >= result.topk[-1].score
+
+
+def test_extracted_route_equals_supernet_route(case):
+    # The extracted module (slices perturbed in a copy of their full tensor, then copied in) sees the
+    # noise that perturbing the supernet's own path in place gives: the same losses, and the supernet is
+    # left bit-identical (parameters and BatchNorm buffers).
+    from fastnas.metrics import MultiSigmaEvaluator
+
+    s, sn = case.space, case.supernet
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(12, s.in_channels, RES, RES, generator=g)
+    y = torch.randint(0, s.num_classes, (12,), generator=g)
+    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    kw = dict(sigmas=(0.01, 0.05), samples=2, seed=4, bn_batches=1, bn_batch_size=6, fold_bn=False,
+              channels_last=False, batched=False)
+    routes = {}
+    for extract in (True, False):
+        ev = MultiSigmaEvaluator(sn, x, y, extract=extract, **kw)
+        routes[extract] = [ev.evaluate(a, clean=True) for a in case.archs]
+        assert ev.report()["route"] == ("extracted" if extract else "supernet"), ev.report()["route_reason"]
+    for got, want in zip(routes[True], routes[False]):
+        torch.testing.assert_close(torch.tensor(got.losses), torch.tensor(want.losses), rtol=1e-5, atol=1e-6)
+        assert got.clean_loss == pytest.approx(want.clean_loss, rel=1e-5, abs=1e-6)
+        assert got.losses != tuple((got.clean_loss,) * 2 for _ in got.losses)  # the noise did something
+    for k, v in sn.state_dict().items():
+        assert torch.equal(v, state[k]), k
