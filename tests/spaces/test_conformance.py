@@ -319,3 +319,21 @@ def test_extracted_route_equals_supernet_route(case):
         assert got.losses != tuple((got.clean_loss,) * 2 for _ in got.losses)  # the noise did something
     for k, v in sn.state_dict().items():
         assert torch.equal(v, state[k]), k
+
+
+def test_params_angle_equals_the_concatenated_path_vector(case):
+    # convention="params": the angle of the concatenated path entries (whole tensors and slice boxes)
+    import math
+
+    from fastnas.metrics import angle
+
+    sn = case.supernet
+    init = case.initial_state
+    for arch in case.archs:
+        entries = sn.path_parameters(arch)
+        v0 = torch.cat([(e.view(init[e.name]) if isinstance(e, ParamSlice) else init[e]).reshape(-1)
+                        for e in entries]).double()
+        vt = torch.cat([(e.view(t) if isinstance(e, ParamSlice) else t).detach().reshape(-1)
+                        for e, t in path_params(sn, entries)]).double()
+        want = math.acos(max(-1.0, min(1.0, float(torch.dot(v0, vt) / (v0.norm() * vt.norm()))))) / math.pi
+        assert angle(sn, arch, case.initial_state, convention="params") == pytest.approx(want, rel=1e-9, abs=1e-12)
