@@ -14,7 +14,9 @@ weights. :class:`MultiSigmaEvaluator` does them with as little overhead as the d
 * a supernet candidate runs as its extracted standalone module (``supernet.extract(arch,
   return_map=True)``, a copy: the supernet's weights and statistics are never touched). Its parameters
   are perturbed with the *supernet's* layout offsets through the space's name map, so the noise equals
-  perturbing the whole supernet. After each perturbation a "fast" copy is refreshed: every Conv2d
+  perturbing the whole supernet (a slice of a nested family, ``weight[:out, :in]``, is perturbed in a
+  private copy of its full tensor, where its noise is keyed by the full tensor's index, and copied into
+  the module's parameter). After each perturbation a "fast" copy is refreshed: every Conv2d
   directly followed by a BatchNorm2d inside an ``nn.Sequential`` is folded into one convolution with
   bias, and the copy is in channels-last format.
 
@@ -48,7 +50,7 @@ from torch import nn
 
 from fastnas.metrics.combine import check_sigmas
 from fastnas.metrics.fastcopy import foldable_copy, refresh_folds
-from fastnas.ops.layout import ParamLayout
+from fastnas.ops.layout import ParamLayout, ParamSlice
 from fastnas.ops.perturb import Backup, perturb_, restore_
 from fastnas.ops.reduce import loss_correct_
 from fastnas.spaces.base import recalibrate_bn
@@ -403,13 +405,22 @@ class MultiSigmaEvaluator:
                                 "the extracted module cannot be perturbed with the supernet's noise layout")
         net, mapping = extract(arch, return_map=True)
         path = list(model.path_parameters(arch))
-        if any(not isinstance(v, str) for v in mapping.values()) or any(not isinstance(e, str) for e in path):
-            return None, None, ("the path has parameter slices; the extracted route perturbs whole supernet "
-                                "tensors only")
         self._check_map(arch, net, mapping, path)
         return net, mapping, "the extracted module's parameters map onto the supernet's (name map checked)"
 
-    def _check_map(self, arch: Any, net: nn.Module, mapping: Dict[str, str], path: List[str]) -> None:
+    def _supernet_value(self, entry: Any) -> Optional[torch.Tensor]:
+        """The supernet tensor (or the view of a slice) a name-map value names; ``None`` when it names none."""
+        if isinstance(entry, ParamSlice):
+            full = self._named.get(entry.name)
+            if full is None:
+                return None
+            try:
+                return entry.view(full)
+            except ValueError:  # the box does not fit the tensor
+                return None
+        return self._named.get(entry) if isinstance(entry, str) else None
+
+    def _check_map(self, arch: Any, net: nn.Module, mapping: Dict[str, Any], path: List[Any]) -> None:
         """``ValueError`` unless ``mapping`` maps every parameter of ``net`` one-to-one onto the path's, with
         equal values: a wrong map would perturb with the wrong noise."""
         where = f"{type(self.model).__name__}.extract({arch!r}, return_map=True)"
@@ -422,11 +433,11 @@ class MultiSigmaEvaluator:
         values = list(mapping.values())
         if len(set(values)) != len(values) or set(values) != set(path):
             raise ValueError(f"{where}: the name map does not map one-to-one onto path_parameters(arch) "
-                             f"(outside the path: {sorted(set(values) - set(path))[:3]}, path not covered: "
-                             f"{sorted(set(path) - set(values))[:3]})")
+                             f"(outside the path: {sorted(map(str, set(values) - set(path)))[:3]}, path not "
+                             f"covered: {sorted(map(str, set(path) - set(values)))[:3]})")
         with torch.no_grad():
             for en, sn in mapping.items():
-                a, b = ext[en], self._named.get(sn)
+                a, b = ext[en], self._supernet_value(sn)
                 if b is None or a.shape != b.shape or not torch.equal(a, b):
                     raise ValueError(f"{where}: {en!r} maps to {sn!r}, whose values differ")
 
@@ -457,6 +468,42 @@ class MultiSigmaEvaluator:
 
         return fast, refresh, len(folds)
 
+    def _extracted_targets(self, net: nn.Module, mapping: Dict[str, Any]
+                           ) -> Tuple[List[Tuple[Any, torch.Tensor]], List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """``(targets, copies)`` of an extracted module: a whole-tensor entry perturbs the module's
+        parameter in place; a slice's noise is keyed by its index in the full supernet tensor, so it is
+        perturbed in a private copy of that tensor (one per name, never the supernet's) and ``copies``
+        holds ``(box view of the copy, module parameter)`` pairs to copy after each change."""
+        ext = dict(net.named_parameters())
+        targets: List[Tuple[Any, torch.Tensor]] = []
+        copies: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        shadows: Dict[str, torch.Tensor] = {}
+        for en, sn in mapping.items():
+            if not self._in_scope(sn):
+                continue
+            if isinstance(sn, ParamSlice):
+                full = shadows.get(sn.name)
+                if full is None:
+                    full = shadows[sn.name] = self._named[sn.name].detach().clone()
+                targets.append((sn, full))
+                copies.append((sn.view(full), ext[en]))
+            else:
+                targets.append((sn, ext[en]))
+        return targets, copies
+
+    @staticmethod
+    def _copy_then(copies: List[Tuple[torch.Tensor, torch.Tensor]], refresh: Callable[[], None]
+                   ) -> Callable[[], None]:
+        """A refresh that first copies each perturbed slice into the module's parameter."""
+
+        def run() -> None:
+            with torch.no_grad():
+                for src, dst in copies:
+                    dst.copy_(src)
+            refresh()
+
+        return run
+
     def _prepare(self, arch: Any, stack: contextlib.ExitStack, reason: str = "") -> _Prepared:
         model = self.model
         if self.is_supernet:
@@ -468,9 +515,10 @@ class MultiSigmaEvaluator:
                 net.eval()
                 if self._calib:
                     self._recalibrate(lambda: recalibrate_bn(net, net, self._calib, mode=self.bn_mode))
-                ext = dict(net.named_parameters())
-                targets = [(sn, ext[en]) for en, sn in mapping.items() if self._in_scope(sn)]
+                targets, copies = self._extracted_targets(net, mapping)
                 fast, refresh, folded = self._build_fast(net)
+                if copies:
+                    refresh = self._copy_then(copies, refresh)
                 runner = fast if fast is not None else net
                 return _Prepared(targets, runner, refresh, folded, fast is not None and self.channels_last,
                                  "extracted", why)

@@ -1,10 +1,9 @@
 """The conformance suite: what every search space must do, run on every registered space (small sizes)
-and on the tiny test-only space of ``_tiny_space.py``.
+and on two test-only spaces: the tiny one of ``_tiny_space.py`` (whole tensors) and the nested family of
+``_nested_space.py``, whose paths are ``fastnas.ops.ParamSlice`` entries (``weight[:out, :in]``).
 
-A new space passes this file by registering itself; an entry in ``SMALL`` keeps it fast. (Slices: once
-``fastnas.ops.ParamSlice`` exists, a nested-family test space whose ``path_parameters`` returns slices
-belongs in ``SPACES`` too; ``test_path_perturbation_equals_whole_supernet`` and ``test_name_map`` then
-cover slices through ``fastnas.ops.path_params``.)
+A new space passes this file by registering itself; an entry in ``SMALL`` keeps it fast. Path entries may
+be names or slices: the tests resolve both through ``fastnas.ops.path_params``.
 """
 
 from __future__ import annotations
@@ -20,20 +19,24 @@ import pytest
 import torch
 
 import fastnas
+from fastnas.ops import ParamSlice, path_params
 from fastnas.ops.layout import ParamLayout
 from fastnas.spaces import CellGraph, Presets, create_space, list_spaces
 
+from _nested_space import NestedSpace
 from _tiny_space import TinySpace
 
 #: Small sizes per registered space (generic keywords); unlisted spaces get channels=4, resolution=8.
 SMALL = {"nb201": {"cells": 1}, "darts": {"cells": 3}}
-SPACES = [*list_spaces(), "tiny"]
+SPACES = [*list_spaces(), "tiny", "nested"]
 B, RES = 4, 8
 
 
 def make_space(name: str):
     if name == "tiny":
         return TinySpace(channels=4, cells=3, num_classes=3, resolution=RES)
+    if name == "nested":
+        return NestedSpace(widths=(2, 4), cells=2, num_classes=3, resolution=RES)
     return create_space(name, channels=4, resolution=RES, num_classes=3, **SMALL.get(name, {}))
 
 
@@ -47,7 +50,15 @@ class Case:
         self.supernet = self.space.supernet()
         self.initial_state = {k: v.clone() for k, v in self.supernet.state_dict().items()}
         rng = random.Random(0)
-        self.archs = [self.space.sample(rng) for _ in range(3)]
+        self.archs = []
+        for _ in range(50):  # three distinct archs where the space has them
+            arch = self.space.sample(rng)
+            if arch not in self.archs:
+                self.archs.append(arch)
+            if len(self.archs) == 3:
+                break
+        if hasattr(self.space, "smallest") and self.space.smallest() not in self.archs:
+            self.archs.append(self.space.smallest())  # a family's smallest member slices every layer
         c = self.space.in_channels
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(B, c, RES, RES, generator=g)
@@ -123,9 +134,13 @@ def test_extract_equals_forward(case):
             torch.testing.assert_close(net(case.x), sn(case.x, arch), rtol=1e-5, atol=1e-5)
 
 
+def _name(entry) -> str:
+    """The parameter name of a path entry (a name, or a slice's ``.name``)."""
+    return entry.name if isinstance(entry, ParamSlice) else entry
+
+
 def test_name_map_points_at_equal_tensors_on_the_path(case):
     sn = case.supernet
-    named = dict(sn.named_parameters())
     for arch in case.archs:
         net, name_map = sn.extract(arch, return_map=True)
         ext = dict(net.named_parameters())
@@ -133,15 +148,19 @@ def test_name_map_points_at_equal_tensors_on_the_path(case):
         values = list(name_map.values())
         assert len(set(values)) == len(values)
         assert set(values) == set(sn.path_parameters(arch))
-        for en, sname in name_map.items():
-            assert torch.equal(ext[en], named[sname]), (en, sname)
-            assert ext[en].data_ptr() != named[sname].data_ptr()  # a copy, not the supernet's tensor
+        # path_params resolves names and slices alike; a slice pairs with its full supernet tensor
+        resolved = dict(zip(name_map, path_params(sn, values)))
+        for en, (entry, full) in resolved.items():
+            want = entry.view(full) if isinstance(entry, ParamSlice) else full
+            assert ext[en].shape == want.shape and torch.equal(ext[en], want), (en, str(entry))
+            assert ext[en].data_ptr() != want.data_ptr()  # a copy, not the supernet's tensor
 
 
 def test_path_parameters_are_in_named_parameters_order(case):
     order = [n for n, _ in case.supernet.named_parameters()]
     for arch in case.archs:
-        path = case.supernet.path_parameters(arch)
+        path = [_name(e) for e in case.supernet.path_parameters(arch)]
+        assert len(set(path)) == len(path)
         assert path == [n for n in order if n in set(path)]
 
 
@@ -152,18 +171,22 @@ def test_path_perturbation_equals_whole_supernet_perturbation(case):
     fastnas.perturb_(whole, 0.05, seed=3, stream=2)
     want = dict(whole.named_parameters())
     arch = case.archs[0]
-    path = sn.path_parameters(arch)
     named = dict(sn.named_parameters())
     before = {n: t.detach().clone() for n, t in named.items()}
-    backup = fastnas.perturb_([(n, named[n]) for n in path], 0.05, seed=3, stream=2, layout=layout)
+    # expected: the whole perturbation on every path element, the old values everywhere else
+    expected = {n: t.clone() for n, t in before.items()}
+    for entry in sn.path_parameters(arch):
+        if isinstance(entry, ParamSlice):
+            entry.view(expected[entry.name]).copy_(entry.view(want[entry.name]))
+        else:
+            expected[entry] = want[entry].detach().clone()
+    params = path_params(sn, sn.path_parameters(arch))
+    backup = fastnas.perturb_(params, 0.05, seed=3, stream=2, layout=layout)
     try:
         for n, t in named.items():
-            if n in path:
-                assert torch.equal(t, want[n]), n
-            else:
-                assert torch.equal(t, before[n]), n
+            assert torch.equal(t, expected[n]), n
     finally:
-        fastnas.restore_([(n, named[n]) for n in path], backup)
+        fastnas.restore_(params, backup)
     assert all(torch.equal(named[n], before[n]) for n in named)
 
 
@@ -176,7 +199,9 @@ def test_angle_pieces_name_supernet_parameters(case):
         for piece, count in pieces.items():
             assert count >= 1
             if piece[0] == "param":
-                assert piece[1] in named
+                assert _name(piece[1]) in named
+                if isinstance(piece[1], ParamSlice):
+                    piece[1].view(named[piece[1].name])  # the box fits the tensor
             else:
                 assert piece[0] == "const" and piece[1] in ("pool", "eye") and piece[2] >= 1
 
@@ -268,3 +293,47 @@ def test_scoring_and_evolution_run(case):
     result = fastnas.evolve(s, fn, config)
     assert result.topk and all(s.validate(r.arch) == r.arch for r in result.topk)
     assert result.topk[0].score >= result.topk[-1].score
+
+
+def test_extracted_route_equals_supernet_route(case):
+    # The extracted module (slices perturbed in a copy of their full tensor, then copied in) sees the
+    # noise that perturbing the supernet's own path in place gives: the same losses, and the supernet is
+    # left bit-identical (parameters and BatchNorm buffers).
+    from fastnas.metrics import MultiSigmaEvaluator
+
+    s, sn = case.space, case.supernet
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(12, s.in_channels, RES, RES, generator=g)
+    y = torch.randint(0, s.num_classes, (12,), generator=g)
+    state = {k: v.clone() for k, v in sn.state_dict().items()}
+    kw = dict(sigmas=(0.01, 0.05), samples=2, seed=4, bn_batches=1, bn_batch_size=6, fold_bn=False,
+              channels_last=False, batched=False)
+    routes = {}
+    for extract in (True, False):
+        ev = MultiSigmaEvaluator(sn, x, y, extract=extract, **kw)
+        routes[extract] = [ev.evaluate(a, clean=True) for a in case.archs]
+        assert ev.report()["route"] == ("extracted" if extract else "supernet"), ev.report()["route_reason"]
+    for got, want in zip(routes[True], routes[False]):
+        torch.testing.assert_close(torch.tensor(got.losses), torch.tensor(want.losses), rtol=1e-5, atol=1e-6)
+        assert got.clean_loss == pytest.approx(want.clean_loss, rel=1e-5, abs=1e-6)
+        assert got.losses != tuple((got.clean_loss,) * 2 for _ in got.losses)  # the noise did something
+    for k, v in sn.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_params_angle_equals_the_concatenated_path_vector(case):
+    # convention="params": the angle of the concatenated path entries (whole tensors and slice boxes)
+    import math
+
+    from fastnas.metrics import angle
+
+    sn = case.supernet
+    init = case.initial_state
+    for arch in case.archs:
+        entries = sn.path_parameters(arch)
+        v0 = torch.cat([(e.view(init[e.name]) if isinstance(e, ParamSlice) else init[e]).reshape(-1)
+                        for e in entries]).double()
+        vt = torch.cat([(e.view(t) if isinstance(e, ParamSlice) else t).detach().reshape(-1)
+                        for e, t in path_params(sn, entries)]).double()
+        want = math.acos(max(-1.0, min(1.0, float(torch.dot(v0, vt) / (v0.norm() * vt.norm()))))) / math.pi
+        assert angle(sn, arch, case.initial_state, convention="params") == pytest.approx(want, rel=1e-9, abs=1e-12)
