@@ -180,27 +180,13 @@ def impl_fastnas_whole_tensors(params, device):
 
 
 def impl_view_loop(params, device):
-    views = [s.view(p) for s, p in half_width(params)]
-
-    def run():
-        saved = [v.clone() for v in views]
-        for v in views:
-            v.add_(torch.randn_like(v) * SIGMA)
-        for v, s in zip(views, saved):
-            v.copy_(s)
-        _sync(device)
-    return run
+    # The reference code's loop over the member's views (a view is perturbed and restored in place).
+    return impl_per_tensor_loop([s.view(p) for s, p in half_width(params)], device)
 
 
 def impl_box_copy_floor(params, device):
-    flat = torch.cat([s.view(p).reshape(-1) for s, p in half_width(params)])
-    saved = torch.empty_like(flat)
-
-    def run():
-        saved.copy_(flat)
-        flat.copy_(saved)
-        _sync(device)
-    return run
+    # Reading and writing the boxes once (the copy floor of the boxes' bytes).
+    return impl_copy_floor([s.view(p) for s, p in half_width(params)], device)
 
 
 SLICE_IMPLS = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
 
-from fastnas.run.config import SECTION, SECTIONS, SETTINGS, RunConfig, parse_sigmas
+from fastnas.run.config import SECTION, SECTIONS, SETTINGS, parse_sigmas
 from fastnas.run.settings import Setting
 
 __all__ = ["build_parser", "config_flags", "UsageError", "CONFIG_FLAG_DESTS"]
@@ -63,8 +63,8 @@ def _help(s: Setting) -> str:
         text += f"; {'e.g.' if s.check is not None else 'one of'} {' | '.join(options)}"
     default = s.default_text
     if default is None:
-        value = RunConfig().to_dict()[s.name]
-        default = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else (
+        value = s.default
+        default = ",".join(f"{v:g}" for v in value) if isinstance(value, (list, tuple)) else (
             "none" if value is None else str(value).lower() if isinstance(value, bool) else f"{value:g}"
             if isinstance(value, float) else str(value))
     return f"{text} (default: {default})"

@@ -334,6 +334,7 @@ class MultiSigmaEvaluator:
         self._x_plain = x.contiguous()
         self._x_fast = x.contiguous(memory_format=torch.channels_last) if self.channels_last else self._x_plain
         self._y = valid_y.to(self.device, torch.long)
+        self._labels_checked = False  # the label range is checked by the first reduction only (one sync)
         calib = valid_x if calib_x is None else calib_x
         self._calib = [b.to(self.device, torch.float32).contiguous()
                        for b in calibration_batches(calib, self.bn_batches, self.bn_batch_size, bn_seed)]
@@ -557,7 +558,9 @@ class MultiSigmaEvaluator:
         """Adds the loss sum and correct count of ``logits`` ``(B, classes)`` or ``(K, B, classes)`` (slots
         ``k ..``) on the device: the fused reduction kernel for the default cross-entropy."""
         if self.criterion is None and logits.dim() in (2, 3):
-            loss_correct_(logits, yb, acc, correct, slot=k)
+            # The labels never change: check their range once, not with a host sync per batch.
+            loss_correct_(logits, yb, acc, correct, slot=k, check_labels=not self._labels_checked)
+            self._labels_checked = True
             return
         for j, lg in enumerate(logits if logits.dim() == 3 else logits[None]):
             acc[k + j] += self._loss_sum(lg, yb).double()

@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["Setting", "Section", "derive_settings", "doc_help", "check_component", "flat_names", "KINDS"]
+__all__ = ["Setting", "Section", "derive_settings", "doc_help", "flat_names", "KINDS"]
 
 #: The kinds of values a setting holds (how the CLI parses it, how it is validated and written).
 KINDS = ("int", "float", "bool", "str", "floats")
@@ -221,13 +221,6 @@ def derive_settings(component: type, *, phase: str, exclude: Sequence[str] = (),
     if overrides:
         raise TypeError(f"overrides for fields {sorted(overrides)} that {component.__name__} does not have")
     return tuple(out)
-
-
-def check_component(section: Section, values: Mapping[str, Any], **fixed: Any) -> None:
-    """Builds the component of ``section`` once, so its own validation (ranges, relations between
-    fields) is the one that applies; its ``ValueError`` propagates."""
-    if section.component is not None:
-        section.build(values, **fixed)
 
 
 def flat_names(sections: Sequence[Section]) -> Dict[str, Setting]:

@@ -94,9 +94,21 @@ class Searcher(abc.ABC):
         return None
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+
+
+def config_from_dict(cls: Any, d: Mapping[str, Any]) -> Any:
+    """``cls(**d)`` of a config dataclass; ``None`` values keep the defaults; an unknown key is a
+    ``ValueError`` naming close matches."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        hint = did_you_mean(unknown[0], names, n=3)
+        raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; expected one of {names}{hint}")
+    return cls(**{k: v for k, v in d.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -128,9 +140,9 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         for name in ("population", "generations", "topk", "max_tries"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("mutations", "crossovers", "seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         if not (isinstance(self.mutate_prob, (int, float)) and 0.0 <= self.mutate_prob <= 1.0):
             raise ValueError(f"mutate_prob={self.mutate_prob!r}: expected a probability in [0, 1]")
         Constraints(self.max_params, self.max_flops)  # validates the limits
@@ -141,12 +153,7 @@ class SearchConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Any:
         """Inverse of :meth:`to_dict`; ``None`` values keep the defaults, unknown keys are an error."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in d if k not in names]
-        if unknown:
-            hint = did_you_mean(unknown[0], names, n=3)
-            raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; expected one of {names}{hint}")
-        return cls(**{k: v for k, v in d.items() if v is not None})
+        return config_from_dict(cls, d)
 
 
 def run_search(searcher: Searcher, score_fn: ScoreFn, *, callback: Optional[Callback] = None) -> SearchResult:

@@ -11,14 +11,12 @@ differ only in how they propose a round and what they learn when it closes.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from fastnas._hints import did_you_mean
 from fastnas.search.base import Searcher
 from fastnas.search.history import Arch, SearchRecord, make_record
 
-__all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state", "config_from_dict"]
+__all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state"]
 
 Measured = Tuple[Optional[int], Optional[float]]
 
@@ -50,16 +48,6 @@ def check_state(d: Mapping[str, Any], version: int, space: Any, what: str,
     space_name = getattr(space, "name", None)
     if d.get("space") is not None and space_name is not None and d["space"] != space_name:
         raise ValueError(f"{what} state is of space {d['space']!r}, not {space_name!r}")
-
-
-def config_from_dict(cls: Any, d: Mapping[str, Any]) -> Any:
-    """``cls(**d)`` of a config dataclass; an unknown key is a ``ValueError`` naming close matches."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in d if k not in names]
-    if unknown:
-        hint = did_you_mean(unknown[0], names, n=3)
-        raise ValueError(f"unknown {cls.__name__} key {unknown[0]!r}; expected one of {names}{hint}")
-    return cls(**dict(d))
 
 
 class BatchSearcher(Searcher):

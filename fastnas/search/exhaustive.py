@@ -11,8 +11,8 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
-from fastnas.search.base import SearchConfig, run_search
-from fastnas.search.batch import BatchSearcher, check_state, config_from_dict
+from fastnas.search.base import SearchConfig, check_int, config_from_dict, run_search
+from fastnas.search.batch import BatchSearcher, check_state
 from fastnas.search.history import Callback, Constraints, ScoreFn, SearchResult, best_of
 from fastnas.search.registry import register_searcher
 
@@ -37,12 +37,9 @@ class ExhaustiveConfig:
     batch: Optional[int] = None
 
     def __post_init__(self) -> None:
-        for name in ("topk", "batch"):
-            value = getattr(self, name)
-            if value is None and name == "batch":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected an integer >= 1")
+        check_int("topk", self.topk, 1)
+        if self.batch is not None:
+            check_int("batch", self.batch, 1)
         Constraints(self.max_params, self.max_flops)  # validates the limits
 
     def to_dict(self) -> Dict[str, Any]:

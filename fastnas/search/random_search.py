@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from fastnas.search.base import SearchConfig, run_search
-from fastnas.search.batch import BatchSearcher, check_state, config_from_dict, rng_from_json, rng_to_json
+from fastnas.search.base import SearchConfig, check_int, config_from_dict, run_search
+from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
 from fastnas.search.history import Callback, Constraints, Proposer, ScoreFn, SearchResult, best_of
 from fastnas.search.registry import register_searcher
 
@@ -22,11 +22,6 @@ __all__ = ["RandomConfig", "RandomSearch", "random_search"]
 logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
 
 
 @dataclass(frozen=True)
@@ -52,11 +47,11 @@ class RandomConfig:
     batch: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _int("n", self.n, 0)
-        _int("max_tries", self.max_tries, 1)
-        _int("topk", self.topk, 1)
+        check_int("n", self.n, 0)
+        check_int("max_tries", self.max_tries, 1)
+        check_int("topk", self.topk, 1)
         if self.batch is not None:
-            _int("batch", self.batch, 1)
+            check_int("batch", self.batch, 1)
         Constraints(self.max_params, self.max_flops)  # validates the limits
 
     def to_dict(self) -> Dict[str, Any]:

@@ -141,7 +141,7 @@ def test_toml_sections(tmp_path):
     assert RunConfig.from_dict({"train": {"epochs": 2}}).epochs == 2
 
 
-def test_flags_set_component_settings(tmp_path):
+def test_flags_set_component_settings():
     from fastnas.cli.parser import build_parser
 
     args = build_parser().parse_args(["search", "--nesterov", "true", "--sigmas", "1e-3,2e-3",

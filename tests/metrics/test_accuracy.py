@@ -59,3 +59,13 @@ def test_calibration_batches_deterministic():
     assert all(torch.equal(s, t) for s, t in zip(a, b))
     first = torch.cat(a)[:10].view(-1).sort().values
     assert torch.equal(first, torch.arange(10.0))  # one full permutation before any repeat
+
+
+def test_evaluator_rejects_out_of_range_labels_on_every_call():
+    from fastnas.metrics import MultiSigmaEvaluator
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    ev = MultiSigmaEvaluator(model, torch.randn(8, 4), torch.tensor([0, 1, 2, 5, 0, 1, 2, 0]), sigmas=(0.01,))
+    for _ in range(2):  # a failed first check must not switch the check off
+        with pytest.raises(ValueError, match="labels"):
+            ev.evaluate()
