@@ -16,7 +16,7 @@ from fastnas.cli.parser import CONFIG_FLAG_DESTS
 from fastnas.cli.progress import Display, setup_logging
 
 __all__ = ["cmd_search", "cmd_train_supernet", "cmd_score", "cmd_retrain", "cmd_export", "cmd_kendall",
-           "cmd_info", "COMMANDS"]
+           "cmd_info", "cmd_groundtruth", "COMMANDS"]
 
 
 def _given(args: argparse.Namespace) -> Dict[str, Any]:
@@ -244,6 +244,52 @@ def cmd_kendall(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_groundtruth(args: argparse.Namespace) -> int:
+    from fastnas.data import load_dataset
+    from fastnas.run.groundtruth import Recipe, ground_truth, read_arch_file, sample_archs
+    from fastnas.spaces import create_space
+
+    recipe = Recipe(epochs=args.epochs, train_images=args.train_images, valid_images=args.valid_images,
+                    test_images=args.test_images, batch_size=args.batch_size, lr=args.lr, lr_min=args.lr_min,
+                    momentum=args.momentum, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+                    augment=args.augment, precision=args.precision).resolved()
+    if args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: expected an integer >= 1")
+    if args.threads < 0:
+        raise ValueError(f"--threads {args.threads}: expected an integer >= 0")
+    if args.archs is not None and args.archs < 1:
+        raise ValueError(f"--archs {args.archs}: expected an integer >= 1")
+    given = {k: getattr(args, k) for k in ("space", "data", "data_dir", "channels", "cells") if hasattr(args, k)}
+    from fastnas.run.config import SETTINGS
+
+    opts = {k: given.get(k, SETTINGS[k].default) for k in ("space", "data", "data_dir", "channels", "cells")}
+    dataset = load_dataset(opts["data"], opts["data_dir"], seed=args.seed)
+    space = create_space(opts["space"], channels=opts["channels"], cells=opts["cells"],
+                         num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+                         resolution=dataset.resolution)
+    archs = (read_arch_file(space, args.arch_file) if args.arch_file is not None
+             else sample_archs(space, args.archs, seed=args.seed))
+    quiet = bool(getattr(args, "quiet", False))
+    setup_logging(quiet)
+    display = Display(quiet=quiet)
+    print(f"fastnas: ground truth {args.gt_out}: {len(archs)} architectures of {opts['space']} "
+          f"(C={opts['channels']}, cells={opts['cells']}) on {dataset.name}, {recipe.epochs} epochs on "
+          f"{recipe.train_images or 'all'} images, {recipe.precision}, {args.workers} worker(s)",
+          file=sys.stderr, flush=True)
+    try:
+        result = ground_truth(space, dataset, archs, args.gt_out, recipe=recipe, seed=args.seed,
+                              workers=args.workers, threads=args.threads,
+                              progress=lambda event, info: display("groundtruth:" + event, info))
+    finally:
+        display.close()
+    c = result.noise_ceiling
+    _out(f"table: {result.path} ({result.total} architectures: {result.trained} trained now, {result.skipped} "
+         f"already there; {result.seconds:.0f} s)")
+    _out(f"noise ceiling: Kendall tau {c['tau_valid_test']:.4f} (Spearman {c['spearman_valid_test']:.4f}) between "
+         f"validation and test accuracy over {c['n']} architectures; sidecar {result.path.with_suffix('.json')}")
+    return 0
+
+
 def _space_for_texts(config: Any) -> Any:
     """The run's space, for parsing texts only (shape-dependent sizes do not matter here)."""
     from fastnas.spaces import create_space
@@ -288,5 +334,5 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "search": cmd_search, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
-    "export": cmd_export, "kendall": cmd_kendall, "info": cmd_info,
+    "export": cmd_export, "kendall": cmd_kendall, "groundtruth": cmd_groundtruth, "info": cmd_info,
 }

@@ -232,8 +232,71 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--plot", metavar="FILE.png", default=None, help="scatter plot (default: DIR/plots/kendall.png)")
     _common(k, config_file=False)
 
+    _groundtruth_parser(sub)
+
     sub.add_parser("info", help="version, kernel backends, torch, device, threads",
                    formatter_class=_Formatter,
                    description="Print the fastnas and torch versions, which kernel backends are available "
                                "(and why not), the devices and CPU threads.")
     return p
+
+
+_GROUNDTRUTH_EPILOG = """\
+examples:
+  fastnas groundtruth --data fashion-mnist --channels 8 --cells 2 --archs 100 --out truth.csv --workers 2
+  fastnas groundtruth --data digits --arch-file archs.txt --epochs 10 --out digits_truth.csv
+  fastnas groundtruth ... (the same command again)      # continues a killed table where it stopped
+
+the table (one row per finished architecture, appended as each finishes):
+  arch,test_accuracy,valid_accuracy,params,flops,seconds,seed,epochs,train_images
+beside it FILE.json holds the settings (a rerun must use the same ones) and the noise ceiling: Kendall
+tau between validation and test accuracy of the same networks, the best any score can expect to reach.
+The sampled architectures are distinct classes of equivalent cells (the space's canonical form).
+"""
+
+
+def _groundtruth_parser(sub: Any) -> None:
+    from fastnas.run.groundtruth import PRECISIONS, Recipe
+
+    d = Recipe()
+    g = sub.add_parser("groundtruth", help="train architectures from scratch: a ground-truth table for ranking",
+                       formatter_class=_Formatter, epilog=_GROUNDTRUTH_EPILOG,
+                       description="Train N architectures of a space (sampled, or listed in a file) from scratch "
+                                   "on a seeded subset of the dataset and write a NAS-Bench-201-style table of "
+                                   "their test and validation accuracy, params, FLOPs and seconds. Resumable: "
+                                   "rerun the same command after a kill.")
+    config_flags(g, ["data"], only=["space", "data", "data_dir", "channels", "cells"])
+    a = g.add_argument_group("architectures")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--archs", type=int, metavar="N", help="sample N distinct architectures (seeded)")
+    which.add_argument("--arch-file", metavar="FILE", help="architectures to train: one text per line, or a CSV "
+                       "with an arch column (e.g. an earlier table)")
+    r = g.add_argument_group("training recipe (the same for every architecture)")
+    r.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default: {d.epochs})")
+    r.add_argument("--train-images", type=int, default=d.train_images,
+                   help=f"training images, a stratified subset; 0: all but the validation ones (default: {d.train_images})")
+    r.add_argument("--valid-images", type=int, default=d.valid_images,
+                   help=f"validation images, disjoint from the training ones (default: {d.valid_images})")
+    r.add_argument("--test-images", type=int, default=d.test_images,
+                   help="test images, the first of the test set; 0: all (default: 0)")
+    r.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size (default: {d.batch_size})")
+    r.add_argument("--lr", type=float, default=d.lr, help=f"initial learning rate, cosine to --lr-min (default: {d.lr:g})")
+    r.add_argument("--lr-min", type=float, default=d.lr_min, help=f"final learning rate (default: {d.lr_min:g})")
+    r.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default: {d.momentum:g})")
+    r.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"weight decay (default: {d.weight_decay:g})")
+    r.add_argument("--grad-clip", type=float, default=d.grad_clip,
+                   help=f"gradient-norm clip, 0 to disable (default: {d.grad_clip:g})")
+    r.add_argument("--augment", type=_bool, default=d.augment, metavar="BOOL",
+                   help="crop-and-flip augmentation (default: false)")
+    r.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32, bf16 autocast, or auto (bf16 where the CPU has avx512_bf16 or AMX) (default: fp32)")
+    j = g.add_argument_group("job")
+    j.add_argument("--out", metavar="FILE.csv", required=True, dest="gt_out", help="the table to write or continue")
+    j.add_argument("--seed", type=int, default=0, help="seeds the architectures, the data subsets and every "
+                   "architecture's training (default: 0)")
+    j.add_argument("--workers", type=int, default=1, help="worker processes training in parallel (default: 1)")
+    j.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker; 0: torch's threads divided among the workers; a table "
+                        "reproduces with the same threads per worker (default: 1)")
+    _common(g, config_file=False)

@@ -5,7 +5,8 @@ like ``kill -9``) at a chosen point, so tests can check that ``--resume`` recove
 
 * ``train:N`` — right after supernet training step N (1-based, counted over the whole training);
 * ``search:N`` — right after candidate N is scored, before the search state is saved;
-* ``retrain:N`` — right after retraining epoch N, once its checkpoint is written.
+* ``retrain:N`` — right after retraining epoch N, once its checkpoint is written;
+* ``groundtruth:N`` — right after the N-th row of a ground-truth table is written (counted in this process).
 
 It is read only by the CLI, never by the library.
 """
@@ -174,3 +175,27 @@ class Display:
 
     def on_retrain_end(self, info: Dict[str, Any]) -> None:
         self._close("retrain")
+
+    def on_groundtruth_start(self, info: Dict[str, Any]) -> None:
+        self._gt_written = 0
+        msg = (f"ground truth: {info['total']} architectures, {info['done']} already in {info['path']}, "
+               f"{info['workers']} worker(s)")
+        if self.quiet:
+            log.info(msg)
+        else:
+            self._bar("groundtruth", total=info["total"], initial=info["done"], desc="ground truth", unit="arch")
+
+    def on_groundtruth_arch(self, info: Dict[str, Any]) -> None:
+        row = info["row"]
+        self._gt_written = getattr(self, "_gt_written", 0) + 1
+        bar = self.bars.get("groundtruth")
+        if bar is not None:
+            bar.set_postfix_str(f"last {100 * row['test_accuracy']:.1f}% in {row['seconds']:.0f} s", refresh=False)
+            bar.update(1)
+        else:
+            log.info("%d/%d: test %.2f%%, valid %.2f%%, %.1f s  %s", info["done"], info["total"],
+                     100 * row["test_accuracy"], 100 * row["valid_accuracy"], row["seconds"], row["arch"])
+        self._maybe_kill("groundtruth", self._gt_written)
+
+    def on_groundtruth_end(self, info: Dict[str, Any]) -> None:
+        self._close("groundtruth")

@@ -62,7 +62,8 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
             grad_clip: float = 5.0, augment: bool = False, fill: Any = 0.0, seed: int = 0,
             device: Union[str, torch.device] = "cpu", build_kwargs: Optional[Dict[str, Any]] = None,
             checkpoint_path: Union[str, Path, None] = None,
-            progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
+            progress: Optional[ProgressFn] = None,
+            valid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, Any]:
     """Trains ``space.build(arch, **build_kwargs)`` from scratch and tests it.
 
     Args:
@@ -78,9 +79,12 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
         checkpoint_path: written at the end of every epoch; an existing one of the same settings is
             resumed (one of other settings is a ``ValueError``).
         progress: ``progress(event, info)`` with ``"start"``, ``"epoch"`` and ``"end"``.
+        valid: optional ``(x, y)`` validation images, tested like ``test`` (``valid_accuracy``,
+            ``valid_loss`` in the result).
 
     Returns:
-        ``{"test_accuracy", "test_loss", "epoch_loss", "epoch_accuracy", "epochs", "params"}``.
+        ``{"test_accuracy", "test_loss", "epoch_loss", "epoch_accuracy", "epochs", "params"}`` (and
+        ``"valid_accuracy"``, ``"valid_loss"`` with ``valid``).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r}: expected an integer >= 1")
@@ -122,6 +126,8 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
     out = {"test_accuracy": acc, "test_loss": loss, "epoch_loss": history.epoch_loss,
            "epoch_accuracy": history.epoch_accuracy, "epochs": epochs,
            "params": sum(p.numel() for p in model.parameters())}
+    if valid is not None:
+        out["valid_accuracy"], out["valid_loss"] = evaluate(model, valid[0], valid[1], device=device)
     if progress is not None:
         progress("end", out)
     return out
