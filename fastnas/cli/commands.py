@@ -336,3 +336,46 @@ COMMANDS = {
     "search": cmd_search, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
     "export": cmd_export, "kendall": cmd_kendall, "groundtruth": cmd_groundtruth, "info": cmd_info,
 }
+
+
+# ---- fastnas bench <benchmark>
+
+def cmd_bench_ranking(args: argparse.Namespace) -> int:
+    from fastnas.run.ranking import ALPHAS, GAMMAS, RankingBench
+    from fastnas.run.rundir import write_json_atomic
+
+    overrides = {k: v for k, v in _given(args).items() if k not in ("metric", "gamma")}
+    try:
+        run = _open_run(args, overrides)
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"--run {args.run}: {e}") from None
+    select = args.variants.split(",") if args.variants is not None else None
+    bench = RankingBench(run, args.bench_truth, out_dir=args.bench_out, select=select, limit=args.limit,
+                         seed=args.bench_seed, alphas=args.alphas or ALPHAS, gammas=args.gammas or GAMMAS,
+                         sigma_sets=args.sigma_sets, names={"run": "--run", "truth": "--truth", "out": "--out"})
+    print(f"fastnas: ranking benchmark of {run.dir.path} on {len(bench.rows)} architectures of {args.bench_truth}: "
+          f"{len(bench.plan.variants)} variants from {len(bench.plan.evaluations())} evaluations per "
+          f"architecture ({len(bench.done)} architectures already scored in {bench.out})", file=sys.stderr, flush=True)
+    display = Display(quiet=run.config.quiet)
+    try:
+        summary = bench.run_all(progress=display)
+    finally:
+        display.close()
+    _out((bench.out / bench.TABLES).read_text(encoding="utf-8"))
+    if args.bench_json:
+        write_json_atomic(args.bench_json, {k: summary[k] for k in ("scores", "default", "n", "noise_ceiling")})
+    _out(f"written: {bench.out}/{{{bench.SCORES}, {bench.SUMMARY}, {bench.TABLES}, {bench.PLOT_COST}, "
+         f"{bench.PLOT_BARS}}}" + (f" and {args.bench_json}" if args.bench_json else ""))
+    return 0
+
+
+#: ``fastnas bench <benchmark>`` handlers.
+BENCH_COMMANDS = {"ranking": cmd_bench_ranking}
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    return BENCH_COMMANDS[args.bench](args)
+
+
+COMMANDS["bench"] = cmd_bench
+__all__ += ["cmd_bench", "cmd_bench_ranking", "BENCH_COMMANDS"]

@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    formatter_class=_Formatter,
                    description="Print the fastnas and torch versions, which kernel backends are available "
                                "(and why not), the devices and CPU threads.")
+    _add_bench(sub)
     return p
 
 
@@ -300,3 +301,79 @@ def _groundtruth_parser(sub: Any) -> None:
                    help="torch threads per worker; 0: torch's threads divided among the workers; a table "
                         "reproduces with the same threads per worker (default: 1)")
     _common(g, config_file=False)
+
+
+# ---- fastnas bench <benchmark>
+
+_BENCH_RANKING_EPILOG = """\
+examples:
+  fastnas bench ranking --run runs/sn --truth truth.csv               # every score; writes runs/sn/bench-ranking/
+  fastnas bench ranking --run runs/sn --truth truth.csv --limit 20 --variants parts,baselines --json s.json
+
+the truth CSV: a header with an arch column and a test_accuracy column (and valid_accuracy for the noise
+ceiling), one row per architecture, as fastnas groundtruth writes it.
+
+groups of --variants: parts (accuracy, angle, flatness, -loss), alpha (flatness(alpha=A)), sigmas
+(flatness(sigmas=S1/S2/S3)), noise (flatness(noise=MODE)), gamma (angle+flatness(gamma=G),
+accuracy+flatness(gamma=G)), baselines (params, flops, random), default (the metric fastnas search uses by
+default; always scored). A name without (...) uses the run's score settings (and a sum the preset's gamma).
+
+written to --out: scores.csv (one row per architecture, one column per variant, test_accuracy, and the
+seconds of each evaluation), settings.json, summary.json, tables.md, tau_vs_seconds.png, tau_per_score.png.
+Rerunning the same command skips the architectures already in scores.csv (a kill loses at most one).
+"""
+
+
+def _floats(text: str) -> tuple:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _sigma_sets(text: str) -> tuple:
+    sets = tuple(_sigmas(part) for part in text.split(";") if part.strip())
+    if not sets:
+        raise argparse.ArgumentTypeError(f"expected sigma sets like '1e-3,3e-3,6e-3;2e-3,1e-2,2e-2', got {text!r}")
+    return sets
+
+
+def _add_bench(sub: Any) -> None:
+    """``fastnas bench <benchmark>``: one sub-subcommand per benchmark (dest ``bench``)."""
+    from fastnas.run.ranking import ALPHAS, GAMMAS, SIGMA_SETS
+
+    def listed(values: Sequence[float]) -> str:
+        return ",".join(f"{v:g}" for v in values)
+    b = sub.add_parser("bench", help="benchmarks of a trained run: ranking (tau of every score against a truth)",
+                       formatter_class=_Formatter,
+                       description="Benchmarks of a trained run's supernet. `fastnas bench <benchmark> --help` "
+                                   "shows a benchmark's options.")
+    benches = b.add_subparsers(dest="bench", metavar="<benchmark>", parser_class=_Parser, required=True)
+    r = benches.add_parser("ranking", help="Kendall tau and Spearman of every score against a ground truth",
+                           formatter_class=_Formatter, epilog=_BENCH_RANKING_EPILOG,
+                           description="Score every architecture of a ground-truth table with the run's trained "
+                                       "supernet and every score variant (parts, alpha, sigma sets, noise modes, "
+                                       "gamma sweeps, baselines); report Kendall tau and Spearman against the test "
+                                       "accuracy, the seconds per candidate and the noise ceiling.")
+    r.add_argument("--run", metavar="DIR", required=True, help="a run directory with a trained supernet")
+    r.add_argument("--truth", metavar="FILE.csv", dest="bench_truth", required=True,
+                   help="ground-truth CSV (arch, test_accuracy)")
+    r.add_argument("--out", metavar="DIR", dest="bench_out", default=None,
+                   help="output directory (default: DIR/bench-ranking of --run)")
+    r.add_argument("--json", metavar="FILE", dest="bench_json", default=None,
+                   help='also write the summary {"scores": {NAME: {"tau", "spearman", "seconds"}}, "default", "n"}')
+    r.add_argument("--limit", metavar="N", type=int, default=None, help="score only the first N architectures")
+    r.add_argument("--variants", metavar="LIST", default=None,
+                   help="comma-separated groups or variant names (default: all; see below)")
+    r.add_argument("--seed", metavar="N", dest="bench_seed", type=int, default=0,
+                   help="seed of the random baseline (default: 0; the noise seed is the run's)")
+    r.add_argument("--alphas", metavar="LIST", type=_floats, default=None,
+                   help=f"alpha sweep (default: {listed(ALPHAS)})")
+    r.add_argument("--gammas", metavar="LIST", type=_floats, default=None,
+                   help=f"gamma sweep (default: {listed(GAMMAS)})")
+    r.add_argument("--sigma-sets", metavar="SETS", type=_sigma_sets, default=None,
+                   help=f"sigma sets, ';'-separated, e.g. '1e-3,3e-3,6e-3;2e-3,1e-2,2e-2' (default: the "
+                        f"{len(SIGMA_SETS)} sets of fastnas.run.ranking.SIGMA_SETS, plus the run's)")
+    config_flags(r, ["data", "score", "run"], only=[n for n in SECTION["score"].names() if n not in ("metric", "gamma")]
+                 + ["valid_size", "device", "threads"])
+    _common(r, config_file=False)

@@ -6,7 +6,8 @@ like ``kill -9``) at a chosen point, so tests can check that ``--resume`` recove
 * ``train:N`` — right after supernet training step N (1-based, counted over the whole training);
 * ``search:N`` — right after candidate N is scored, before the search state is saved;
 * ``retrain:N`` — right after retraining epoch N, once its checkpoint is written;
-* ``groundtruth:N`` — right after the N-th row of a ground-truth table is written (counted in this process).
+* ``groundtruth:N`` — right after the N-th row of a ground-truth table is written (counted in this process);
+* ``bench:N`` — right after the N-th row of a benchmark's scores (counted over all sessions) is on disk.
 
 It is read only by the CLI, never by the library.
 """
@@ -199,3 +200,20 @@ class Display:
 
     def on_groundtruth_end(self, info: Dict[str, Any]) -> None:
         self._close("groundtruth")
+    def on_bench_start(self, info: Dict[str, Any]) -> None:
+        if info["done"]:
+            log.info("benchmark: %d of %d architectures already scored", info["done"], info["total"])
+        if not self.quiet:
+            self._bar("bench", total=info["total"], initial=info["done"], desc="benchmark", unit="arch")
+
+    def on_bench_arch(self, info: Dict[str, Any]) -> None:
+        bar = self.bars.get("bench")
+        if bar is not None:
+            bar.set_postfix_str(f"{info['seconds']:.2f} s/arch", refresh=False)
+            bar.update(1)
+        elif self.quiet:
+            log.info("benchmark %d/%d: %s (%.2f s)", info["n_done"], info["total"], info["text"], info["seconds"])
+        self._maybe_kill("bench", info["n_done"])
+
+    def on_bench_end(self, info: Dict[str, Any]) -> None:
+        self._close("bench")

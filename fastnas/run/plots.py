@@ -11,7 +11,8 @@ import math
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["plot_search_progress", "plot_loss_vs_sigma", "plot_cell", "sigma_losses"]
+__all__ = ["plot_search_progress", "plot_loss_vs_sigma", "plot_cell", "sigma_losses", "plot_tau_vs_seconds",
+           "plot_tau_bars"]
 
 # One colour per op family, so the same op looks the same in every cell drawing.
 _OP_COLOURS = {"conv": "#1f77b4", "sep": "#1f77b4", "dil": "#9467bd", "pool": "#2ca02c", "skip": "#7f7f7f",
@@ -201,5 +202,80 @@ def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str 
         ax = fig.add_subplot(1, 1, 1)
         ax.axis("off")
         ax.text(0.5, 0.5, space.format(arch), ha="center", va="center", fontsize=7, wrap=True)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+# ---- the ranking benchmark (fastnas.run.ranking)
+
+_GROUP_COLOURS = {"parts": "#1f77b4", "alpha": "#ff7f0e", "sigmas": "#2ca02c", "noise": "#9467bd",
+                  "gamma": "#8c564b", "baselines": "#7f7f7f", "default": "#d62728"}
+
+
+def plot_tau_vs_seconds(points: Sequence[Tuple[str, str, Optional[float], Optional[float]]],
+                        path: "os.PathLike[str] | str", *, ceiling: Optional[float] = None,
+                        default: Optional[str] = None, title: str = "") -> None:
+    """Kendall tau of each score against its seconds per candidate (log scale): "tau per CPU minute".
+
+    ``points``: ``(name, group, tau, seconds)``; scores without a tau or a positive time are left out. The
+    noise ceiling, when given, is a dashed line; the default metric is ringed.
+    """
+    fig = _figure(7.0, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    shown = [(n, g, t, s) for n, g, t, s in points if t is not None and s is not None and s > 0]
+    for group in dict.fromkeys(g for _, g, _, _ in shown):
+        xs = [s for _, g, _, s in shown if g == group]
+        ys = [t for _, g, t, _ in shown if g == group]
+        ax.scatter(xs, ys, s=18, color=_GROUP_COLOURS.get(group, "#17becf"), label=group or "other", zorder=3)
+    clusters: Dict[Tuple[float, float], List[str]] = {}  # points that would print on top of each other
+    for name, _, tau, sec in shown:
+        clusters.setdefault((round(4 * math.log10(sec)), round(20 * tau)), []).append(name)
+        if name == default:
+            ax.scatter([sec], [tau], s=90, facecolors="none", edgecolors="black", zorder=4)
+    for names in clusters.values():
+        first = next(p for p in shown if p[0] == names[0])
+        label = names[0] + (f" (+{len(names) - 1} more)" if len(names) > 1 else "")
+        ax.annotate(label, (first[3], first[2]), fontsize=5, xytext=(3, 2), textcoords="offset points")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="black", ls="--", lw=1, label=f"noise ceiling {ceiling:.2f}")
+    if shown:
+        ax.set_xscale("log")
+    ax.axhline(0.0, color="#b0b0b0", lw=0.8)
+    ax.set_xlabel("seconds per candidate (log)")
+    ax.set_ylabel("Kendall tau against test accuracy")
+    ax.set_title(title or "rank correlation against scoring cost", fontsize=9)
+    ax.grid(True, alpha=0.3, which="both")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def plot_tau_bars(points: Sequence[Tuple[str, str, Optional[float], Optional[float]]],
+                  path: "os.PathLike[str] | str", *, ceiling: Optional[float] = None,
+                  default: Optional[str] = None, title: str = "") -> None:
+    """A horizontal bar of Kendall tau per score (in the given order, coloured by group); the noise ceiling,
+    when given, as a dashed line, the default metric's bar outlined."""
+    rows = [(n, g, t) for n, g, t, _ in points]
+    fig = _figure(6.5, max(2.5, 0.18 * len(rows) + 1.2))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = list(range(len(rows)))[::-1]
+    taus = [t if t is not None else 0.0 for _, _, t in rows]
+    bars = ax.barh(ys, taus, color=[_GROUP_COLOURS.get(g, "#17becf") for _, g, _ in rows], height=0.7)
+    for bar, (name, _, tau) in zip(bars, rows):
+        if name == default:
+            bar.set_edgecolor("black")
+            bar.set_linewidth(1.5)
+        if tau is None:
+            ax.text(0.0, bar.get_y() + bar.get_height() / 2, " n/a", va="center", fontsize=5)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([n for n, _, _ in rows], fontsize=5)
+    if ceiling is not None:
+        ax.axvline(ceiling, color="black", ls="--", lw=1, label=f"noise ceiling {ceiling:.2f}")
+        ax.legend(fontsize=6, loc="lower right")
+    ax.axvline(0.0, color="#b0b0b0", lw=0.8)
+    ax.set_xlabel("Kendall tau against test accuracy")
+    ax.set_title(title or "rank correlation per score", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png")
