@@ -77,7 +77,8 @@ class Dataset:
                 f"test={tuple(self.test_x.shape)}, num_classes={self.num_classes})")
 
 
-def stratified_split(y: ArrayLike, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: ArrayLike, fraction: float, seed: int, *,
+                     size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Seeded stratified split of indices ``0..len(y)-1``.
 
     Each class contributes ``round(n_c * fraction)`` of its samples to the second part. Both index
@@ -87,6 +88,10 @@ def stratified_split(y: ArrayLike, fraction: float, seed: int) -> Tuple[np.ndarr
         y: ``(N,)`` integer labels.
         fraction: share of each class in the second part, in ``(0, 1)``.
         seed: the same seed gives the same split.
+        size: the exact size of the second part (``None``: whatever the rounding gives). Where the
+            per-class rounding misses it, the classes whose ``n_c * fraction`` was rounded furthest
+            (ties: the lower label) give or take one sample each; where it hits it, the split is the
+            one without ``size``.
 
     Returns:
         ``(first, second)`` int64 index arrays.
@@ -95,11 +100,20 @@ def stratified_split(y: ArrayLike, fraction: float, seed: int) -> Tuple[np.ndarr
         raise ValueError(f"Invalid split fraction: {fraction} (expected 0 < fraction < 1)")
     y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+    classes = [np.flatnonzero(y == c) for c in np.unique(y)]
+    counts = [int(round(len(idx) * fraction)) for idx in classes]
+    if size is not None:
+        if not 0 <= size <= len(y):
+            raise ValueError(f"size={size!r}: expected an integer in [0, {len(y)}]")
+        exact = [len(idx) * fraction for idx in classes]
+        while sum(counts) != size:
+            grow = sum(counts) < size
+            room = [i for i, idx in enumerate(classes) if (counts[i] < len(idx) if grow else counts[i] > 0)]
+            i = max(room, key=lambda j: ((exact[j] - counts[j]) if grow else (counts[j] - exact[j]), -j))
+            counts[i] += 1 if grow else -1
     first, second = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
+    for idx, k in zip(classes, counts):
         idx = idx[rng.permutation(len(idx))]
-        k = int(round(len(idx) * fraction))
         second.append(idx[:k])
         first.append(idx[k:])
     cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # noqa: E731

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from fastnas.data import stratified_split
@@ -298,13 +299,17 @@ def _splits(dataset: Any, recipe: Recipe, seed: int) -> Tuple[Any, Any, Any]:
         raise ValueError(f"valid_images={recipe.valid_images}: the dataset {dataset.name!r} has only {n} training "
                          "images; leave some to train on")
     rest, valid = stratified_split(dataset.train_y.numpy(), recipe.valid_images / n,
-                                   derive_seed(seed, "groundtruth-valid"))
+                                   derive_seed(seed, "groundtruth-valid"), size=recipe.valid_images)
     if recipe.train_images:
         if recipe.train_images > len(rest):
             raise ValueError(f"train_images={recipe.train_images}: only {len(rest)} training images are left "
                              f"besides the {len(valid)} validation images")
         y_rest = dataset.train_y.numpy()[rest]
-        _, pick = stratified_split(y_rest, recipe.train_images / len(rest), derive_seed(seed, "groundtruth-train"))
+        if recipe.train_images == len(rest):
+            pick = np.arange(len(rest))
+        else:
+            _, pick = stratified_split(y_rest, recipe.train_images / len(rest), derive_seed(seed, "groundtruth-train"),
+                                       size=recipe.train_images)
         rest = rest[pick]
     m = int(dataset.test_y.shape[0])
     test = range(m) if not recipe.test_images else range(min(recipe.test_images, m))

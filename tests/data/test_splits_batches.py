@@ -188,3 +188,26 @@ def test_augment_and_batches_on_cuda():
     a = list(batches(x, torch.arange(33), 8, seed=2, augment=True))
     b = list(batches(x, torch.arange(33), 8, seed=2, augment=True, device="cuda"))
     assert all(torch.equal(p[0], q[0].cpu()) and q[0].is_cuda for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("size", [1, 7, 100, 333, 1000])
+def test_stratified_split_exact_size(size):
+    from fastnas.data import stratified_split
+
+    rng = np.random.default_rng(size)
+    y = rng.integers(0, 7, 1234)
+    first, second = stratified_split(y, size / len(y), seed=4, size=size)
+    assert len(second) == size and len(first) + len(second) == len(y)
+    assert len(np.intersect1d(first, second)) == 0
+    for c in range(7):  # every class within one sample of its share
+        n_c = int((y == c).sum())
+        assert abs(int((y[second] == c).sum()) - n_c * size / len(y)) < 1 + 1e-9
+
+
+def test_stratified_split_size_is_the_plain_split_where_rounding_hits():
+    from fastnas.data import stratified_split
+
+    y = np.repeat(np.arange(10), 60)
+    plain = stratified_split(y, 0.1, seed=9)
+    sized = stratified_split(y, 0.1, seed=9, size=60)
+    assert all((a == b).all() for a, b in zip(plain, sized))
