@@ -15,8 +15,9 @@ __all__ = ["ALPHAS", "GAMMAS", "SIGMA_SETS", "COMBINATIONS", "GROUPS", "BASELINE
 
 #: The alpha sweep (GeNAS Table 6): 0 is pure flatness, 1 the GeNAS code's form.
 ALPHAS: Tuple[float, ...] = (0.0, 0.1, 0.5, 1.0, 4.0)
-#: The gamma sweep of the sums ``S + gamma/sigma1 * F`` (GeNAS Table 8; its README uses 16).
-GAMMAS: Tuple[float, ...] = (0.25, 1.0, 4.0, 16.0, 64.0)
+#: The gamma sweep of the sums ``S + gamma/sigma1 * F`` (GeNAS Table 8; its README uses 16). With alpha = 1
+#: ``F/sigma1`` is about ``1/L_1``, 10-100x the angle, so the sweep reaches down to 1e-3 where the two balance.
+GAMMAS: Tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.25, 1.0, 4.0, 16.0, 64.0)
 #: Sigma sets (GeNAS Table 5 analogue): GeNAS's NB201 set (2e-3, 1e-2, 2e-2), its README's and CIFAR-100
 #: DARTS set (1e-3, 3e-3, 6e-3), its CIFAR-10 DARTS set (1e-5, 5e-5, 1e-4), and two sets of the same
 #: shape one step below and above (1e-4 ...; 5e-3 ...). The run's own set is added when it is not here.
