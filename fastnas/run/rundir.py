@@ -126,14 +126,15 @@ class RunDir:
 
     # ---- writing
 
-    def create(self, config: RunConfig, header: str = "") -> None:
+    def create(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
         """Makes the directory and writes ``config.toml`` and a fresh ``state.json``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.save_config(config, header)
+        self.save_config(config, header, notes)
         self.save_state(self.new_state())
 
-    def save_config(self, config: RunConfig, header: str = "") -> None:
-        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header))
+    def save_config(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
+        """Writes ``config.toml``; ``notes``: a comment per key (see :func:`~fastnas.run.config.dumps_toml`)."""
+        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header, notes))
 
     @staticmethod
     def new_state() -> Dict[str, Any]:
