@@ -88,25 +88,24 @@ def _sections() -> Tuple[Section, ...]:
         Setting("limit_train", "int", 0, "use only this many supernet-training images (0: all)", minimum=0,
                 hidden=True),
     ))
-    recipe = "the space's recipe, else "  # the space's supernet recipe (Space.presets(data).train) decides
+    recipe = "the space's supernet recipe (Space.presets), else "
     train = Section("train", "supernet training", derive_settings(
         TrainConfig, phase="train", exclude=("seed",), rename={"precision": "train_precision"}, overrides={
             "epochs": {"default": 50, "help": "supernet epochs"},
             "lr": {"default": None, "help": "initial learning rate, cosine to --lr-min",
-                   "default_text": recipe + f"{RECIPE_FALLBACK['lr']:g}; nb201 and darts: 0.025"},
+                   "default_text": recipe + f"{RECIPE_FALLBACK['lr']:g}"},
             "lr_min": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['lr_min']:g}"},
             "momentum": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['momentum']:g}"},
             "nesterov": {"default": None, "help": "Nesterov momentum, true/false",
-                         "default_text": recipe + "false; nb201: true"},
-            "weight_decay": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['weight_decay']:g}; "
-                             "nb201: 5e-4"},
+                         "default_text": recipe + "false"},
+            "weight_decay": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['weight_decay']:g}"},
             "grad_clip": {"default": None, "help": "gradient-norm clip, 0 to disable",
-                          "default_text": recipe + f"{RECIPE_FALLBACK['grad_clip']:g}; nb201: 0"},
+                          "default_text": recipe + f"{RECIPE_FALLBACK['grad_clip']:g}"},
             "augment": {"default": None, "optional": True, "help": "crop-and-flip augmentation, true/false",
                         "default_text": "the dataset's; on for CIFAR"},
-            "sampler": {"help": "paths per supernet step: uniform (SPOS, one cell for all cells), per-cell (RLNAS, "
-                        "each cell its own, all-none nodes redrawn), fair (FairNAS, every op of every edge once "
-                        "per step)"},
+            "sampler": {"help": "paths per supernet step: uniform (SPOS, one architecture shared by all cells), "
+                        "per-cell (RLNAS, each cell its own, all-none nodes redrawn), fair (FairNAS, every op of "
+                        "every edge once per step)"},
             "precision": {"help": "supernet training precision; bf16 autocast is fast only with avx512_bf16/AMX "
                           "or on a GPU"},
             "channels_last": {"help": "train the supernet in channels-last memory format, true/false"},
