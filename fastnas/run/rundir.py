@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from fastnas._io import atomic_write
-from fastnas.run.config import RunConfig, dumps_toml, load_toml
+from fastnas.run.config import LEGACY_VALUES, RunConfig, dumps_toml, load_toml
 
 __all__ = ["RunDir", "write_text_atomic", "write_json_atomic", "read_json", "PHASES"]
 
@@ -120,7 +120,10 @@ class RunDir:
         if not path.is_file():
             raise ValueError(f"{str(self.path)!r} is not a fastnas run directory (no {self.CONFIG})")
         try:
-            return RunConfig.from_dict(load_toml(path))
+            saved = load_toml(path)
+            present = {str(k).replace("-", "_") for k in saved}
+            saved.update({k: v for k, v in LEGACY_VALUES.items() if k not in present})  # written before they existed
+            return RunConfig.from_dict(saved)
         except ValueError as e:
             raise ValueError(f"{str(path)!r} is corrupt or from another fastnas version: {e}") from None
 

@@ -99,3 +99,21 @@ def test_sampler_and_precision_settings(cli, tmp_path):
     r = cli("train-supernet", *tiny(), "--sampler", "fair", "--space", "darts", "--out", tmp_path / "d")
     assert r.code != 0 and "sampler='fair' is not available for space 'darts'" in r.err
     assert not (tmp_path / "d").exists()  # refused before anything was written
+
+
+def test_a_config_saved_before_the_new_settings_resumes_as_it_was_trained(cli, tmp_path):
+    """A run of fastnas 0.1 (no sampler, train_precision, channels_last in config.toml) trained uniformly,
+    in fp32, in the default layout: its checkpoint's fingerprint must still match on resume, although
+    a new run defaults to channels_last = true."""
+    out = tmp_path / "run"
+    assert cli("train-supernet", *tiny(), "--channels-last", "false", "--out", out).code == 0
+    cfg = out / "config.toml"
+    cfg.write_text("".join(ln for ln in cfg.read_text().splitlines(keepends=True)
+                           if not ln.startswith(("sampler", "train_precision", "channels_last"))))
+    state = json.loads((out / "state.json").read_text())
+    state["phases"]["train"] = "started"  # the checkpoint is read (and its fingerprint checked) again
+    (out / "state.json").write_text(json.dumps(state))
+    assert RunConfig().channels_last is True
+    r = cli("train-supernet", "--resume", out, "--quiet")
+    assert r.code == 0, r.err
+    assert _train(_config_text(out))["channels_last"] is False
