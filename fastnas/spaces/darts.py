@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from fastnas.spaces import darts_ops
-from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import CellGraph, CellwiseArch, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
 from fastnas._hints import did_you_mean
 
@@ -283,6 +283,9 @@ class DARTS(Space):
         Raises:
             ValueError: quoting the offending part when ``arch`` is not in this space.
         """
+        if isinstance(arch, CellwiseArch):
+            raise ValueError(f"arch={arch!r} is a CellwiseArch: the DARTS supernet has no per-cell architectures "
+                             "(one normal and one reduction genotype are shared by all its cells)")
         if isinstance(arch, str):
             return self.parse(arch)
         if all(hasattr(arch, f) for f in _FIELDS):

@@ -174,7 +174,8 @@ class MultiPath:
       gradient, the parts every path shares (stem, residual blocks, classifier) the sum of ``K``;
     * weight decay and momentum act once per step, on every parameter on at least one of the paths
       (weight decay adds ``weight_decay * w`` once, not ``K`` times); a parameter on none of them has its
-      gradient set to ``None`` and is skipped entirely, as in :func:`single_path_step`;
+      gradient set to ``None`` and is skipped entirely, as in :func:`single_path_step` -- as is one on a
+      path whose backward never reaches it (an op feeding a node that nothing reads);
     * clipping: the total norm of the summed gradients, over the union of the paths;
     * BatchNorm running statistics move once per path (``K`` updates per step);
     * reported: the mean loss of the ``K`` paths and their mean number of hits (rounded down).

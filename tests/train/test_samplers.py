@@ -111,6 +111,9 @@ def test_spaces_without_the_capability_are_refused():
     with pytest.raises(ValueError, match="sampler='fair' is not available for space 'darts'"):
         supernet_plan("fair", darts)
     assert isinstance(supernet_plan("uniform", darts)[0], UniformSampler)
+    genotype = darts.sample(random.Random(0))
+    with pytest.raises(ValueError, match="is a CellwiseArch: the DARTS supernet has no per-cell"):
+        darts.supernet().path_parameters(CellwiseArch([genotype] * 4))
     with pytest.raises(ValueError, match="sampler='percell'.*did you mean 'per-cell'"):
         supernet_plan("percell", _space())
     with pytest.raises(ValueError, match="has no sample_cellwise"):
