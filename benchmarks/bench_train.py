@@ -10,7 +10,7 @@ timed from the progress events; the variants run interleaved, 3 rounds, and per 
 counts (the machine is shared). Reported: seconds per 512 images, so "x vs baseline" is the images/s
 ratio; steps/s is printed beside it. The baseline is today's trainer: ``TrainConfig`` with the uniform
 sampler, fp32, the default layout and batch 64. Ratios are printed at the end of the run
-(``benchmarks/conftest.py``).
+(``benchmarks/conftest.py``). About 5 minutes per thread count on two shared cores.
 """
 
 from __future__ import annotations
@@ -105,17 +105,20 @@ def test_supernet_training_throughput(benchmark, record_result, threads):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_one_step(benchmark, precision, threads):
-    """One uniform SPOS step at batch 64 (pytest-benchmark's own statistics)."""
+@pytest.mark.parametrize("layout", ["default", "channels-last"])
+def test_one_step(benchmark, precision, layout, threads):
+    """One SPOS step at batch 64 on one architecture (pytest-benchmark's own statistics)."""
     from fastnas.train import SinglePath
 
-    space, x, y = _setup()
+    space, x, y = _setup(64)
     torch.manual_seed(1)
     net = space.supernet().train()
+    if layout == "channels-last":
+        net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.025, momentum=0.9)
     arch = ("nor_conv_3x3", "nor_conv_1x1", "avg_pool_3x3", "skip_connect", "nor_conv_3x3", "nor_conv_3x3")
-    xb, yb = x[:64], y[:64]
     step = SinglePath()
-    step.step(net, arch, xb, yb, opt, grad_clip=5.0, precision=precision)  # warm up
+    step.step(net, arch, x, y, opt, grad_clip=5.0, precision=precision)  # warm up
     benchmark.group = f"one SPOS step, NB201 C=8 N=2, 64 x 28x28x1, {threads} thread(s)"
-    benchmark(lambda: step.step(net, arch, xb, yb, opt, grad_clip=5.0, precision=precision))
+    benchmark(lambda: step.step(net, arch, x, y, opt, grad_clip=5.0, precision=precision))
