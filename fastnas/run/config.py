@@ -25,7 +25,7 @@ from fastnas.run.settings import Section, Setting, derive_settings, flat_names
 
 __all__ = [
     "RunConfig", "SECTIONS", "SECTION", "SETTINGS", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS",
-    "SESSION_KEYS", "parse_sigmas", "load_toml", "dumps_toml",
+    "SESSION_KEYS", "RECIPE_KEYS", "RECIPE_FALLBACK", "LEGACY_VALUES", "parse_sigmas", "load_toml", "dumps_toml",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -55,6 +55,13 @@ def _spaces() -> List[str]:
     return list_spaces()
 
 
+#: Train settings a space's supernet recipe (``Space.presets(data).train``) may set, and the values a run
+#: takes for a space without one (the GeNAS/DARTS recipe, at the run's higher learning rate). Their run
+#: defaults are ``None``: defaults < the space's recipe < ``--config FILE.toml`` < flags.
+RECIPE_FALLBACK: Dict[str, Any] = {"lr": 0.05, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
+                                   "weight_decay": 3e-4, "grad_clip": 5.0}
+RECIPE_KEYS: Tuple[str, ...] = tuple(RECIPE_FALLBACK)
+
 #: Scores ``--metric`` accepts (GeNAS's names: ABS = angle, FBS = flatness, PBS = accuracy).
 METRICS = _metrics()
 SEARCHERS = tuple(_searchers())
@@ -81,13 +88,28 @@ def _sections() -> Tuple[Section, ...]:
         Setting("limit_train", "int", 0, "use only this many supernet-training images (0: all)", minimum=0,
                 hidden=True),
     ))
-    train = Section("train", "supernet training (SPOS)", derive_settings(
-        TrainConfig, phase="train", exclude=("seed",), overrides={
+    recipe = "the space's supernet recipe (Space.presets), else "
+    train = Section("train", "supernet training", derive_settings(
+        TrainConfig, phase="train", exclude=("seed",), rename={"precision": "train_precision"}, overrides={
             "epochs": {"default": 50, "help": "supernet epochs"},
-            "lr": {"default": 0.05, "help": "initial learning rate, cosine to --lr-min"},
-            "grad_clip": {"help": "gradient-norm clip, 0 to disable"},
+            "lr": {"default": None, "help": "initial learning rate, cosine to --lr-min",
+                   "default_text": recipe + f"{RECIPE_FALLBACK['lr']:g}"},
+            "lr_min": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['lr_min']:g}"},
+            "momentum": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['momentum']:g}"},
+            "nesterov": {"default": None, "help": "Nesterov momentum, true/false",
+                         "default_text": recipe + "false"},
+            "weight_decay": {"default": None, "default_text": recipe + f"{RECIPE_FALLBACK['weight_decay']:g}"},
+            "grad_clip": {"default": None, "help": "gradient-norm clip, 0 to disable",
+                          "default_text": recipe + f"{RECIPE_FALLBACK['grad_clip']:g}"},
             "augment": {"default": None, "optional": True, "help": "crop-and-flip augmentation, true/false",
                         "default_text": "the dataset's; on for CIFAR"},
+            "sampler": {"help": "paths per supernet step: uniform (SPOS, one architecture shared by all cells), "
+                        "per-cell (RLNAS, each cell its own, all-none nodes redrawn), fair (FairNAS, every op of "
+                        "every edge once per step)"},
+            "precision": {"help": "supernet training precision; bf16 autocast is fast only with avx512_bf16/AMX "
+                          "or on a GPU"},
+            "channels_last": {"default": True, "help": "train the supernet in channels-last memory format, "
+                              "true/false (measured 1.25-2.3x the default layout on CPU, 8-32 px)"},
         }), component=TrainConfig)
     search = Section("search", "search", (
         Setting("searcher", "str", "evolution", "the search algorithm; random scores population x generations "
@@ -144,6 +166,18 @@ SECTIONS: Tuple[Section, ...] = _sections()
 SECTION: Dict[str, Section] = {sec.name: sec for sec in SECTIONS}
 SETTINGS: Dict[str, Setting] = flat_names(SECTIONS)
 
+
+def _legacy_values() -> Dict[str, Any]:
+    from fastnas.train.config import LATER_FIELDS
+
+    return {s.name: LATER_FIELDS[s.target or s.name] for s in SECTION["train"].settings
+            if (s.target or s.name) in LATER_FIELDS}
+
+
+#: What a saved ``config.toml`` that lacks a train setting added later was trained with (fastnas 0.1
+#: trained uniformly, in fp32, in the default layout), whatever a new run's default is.
+LEGACY_VALUES: Dict[str, Any] = _legacy_values()
+
 #: The keys of each phase; a key may change on resume only while its phase has not started.
 PHASE_KEYS: Dict[str, Tuple[str, ...]] = {
     phase: tuple(n for n, s in SETTINGS.items() if s.phase == phase) for phase in ("train", "search", "retrain",
@@ -161,6 +195,12 @@ def _search_filled(values: Mapping[str, Any]) -> Dict[str, Any]:
         if out.get(key) is None:
             out[key] = value
     return out
+
+
+def _train_filled(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The recipe settings still None (a config not yet resolved against its space) at
+    :data:`RECIPE_FALLBACK`."""
+    return {**values, **{k: v for k, v in RECIPE_FALLBACK.items() if values.get(k) is None}}
 
 
 class RunConfig:
@@ -218,6 +258,8 @@ class RunConfig:
         values = self.section(name)
         if name == "search":
             values = _search_filled(values)
+        if name == "train":
+            values = _train_filled(values)
         return SECTION[name].build(values, **fixed)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -253,8 +295,9 @@ class RunConfig:
     def resolved(self, defaults: Mapping[str, Any]) -> "RunConfig":
         """Every "choose for me" value decided (what ``config.toml`` records).
 
-        ``defaults`` gives the values that depend on the data or other layers (``augment``,
-        ``sigmas``, ``gamma``, ``noise``, ``recal_batches``); they fill only settings that are None.
+        ``defaults`` gives the values that depend on the data, the space or other layers (``augment``,
+        ``sigmas``, ``gamma``, ``noise``, ``recal_batches``, the space's training recipe); they fill only
+        settings that are None.
         """
         filled = {**{k: v for k, v in _search_filled(self._values).items() if k in ("topk", "mutations",
                                                                                       "crossovers")}, **defaults}
@@ -297,7 +340,7 @@ def _validate(v: Dict[str, Any]) -> None:
         _fail("device", device, "auto, cpu, cuda or cuda:N")
     if v["seed"] >= 2 ** 32:
         _fail("seed", v["seed"], "an integer in [0, 2**32)")
-    SECTION["train"].build(v, seed=v["seed"])
+    SECTION["train"].build(_train_filled(v), seed=v["seed"])
     from fastnas.search import check_searcher_config
 
     check_searcher_config(v["searcher"], SECTION["search"].build(_search_filled(v), seed=0))
@@ -374,15 +417,18 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def dumps_toml(config: RunConfig, header: str = "") -> str:
-    """``config`` as TOML, one table per section (``[train]``, ...); ``None`` values are left out."""
+def dumps_toml(config: RunConfig, header: str = "", notes: Optional[Mapping[str, str]] = None) -> str:
+    """``config`` as TOML, one table per section (``[train]``, ...); ``None`` values are left out.
+    ``notes`` adds a comment after a key's line (e.g. where its value came from)."""
     lines: List[str] = []
+    notes = notes or {}
     if header:
         lines += [f"# {line}" if line else "#" for line in header.splitlines()] + [""]
     for name, values in config.to_nested().items():
         lines.append(f"[{name}]  # {SECTION[name].title}")
         for key, value in values.items():
             if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
+                note = f"  # {notes[key]}" if key in notes else ""
+                lines.append(f"{key} = {_toml_value(value)}{note}")
         lines.append("")
     return "\n".join(lines)

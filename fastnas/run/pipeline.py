@@ -27,12 +27,12 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
-from fastnas.run.config import PHASE_KEYS, SESSION_KEYS, RunConfig
+from fastnas.run.config import PHASE_KEYS, RECIPE_FALLBACK, RECIPE_KEYS, SESSION_KEYS, RunConfig
 from fastnas.seeds import derive_seed, derive_seed as derived_seed  # derived_seed: old name, used by Run.search
 from fastnas.run.rundir import RunDir, read_json, write_json_atomic
 
 __all__ = ["Prepared", "Run", "prepare", "prepare_from_run", "resolve_device", "merge_resume",
-           "default_out", "ProgressFn"]
+           "default_out", "ProgressFn", "space_recipe", "recipe_notes"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +146,37 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     if config.limit_train:
         valid_full = _subset(valid_full, config.limit_train, config.seed, "limit-valid")
     valid = _subset(valid_full, config.valid_size, config.seed, "valid-subset")
-    config = config.resolved(_defaults(config, dataset))
+    recipe = space_recipe(config, space)
+    if not resumed:  # which settings the space's recipe decided: recorded in state.json and config.toml
+        state["recipe"] = {"space": config.space, "data": config.data,
+                           "values": {k: v for k, v in recipe.items() if getattr(config, k) is None}}
+    config = config.resolved({**_defaults(config, dataset), **RECIPE_FALLBACK, **recipe})
+    from fastnas.train import supernet_plan
+
+    supernet_plan(config.sampler, space, config.seed)  # a sampler the space lacks fails before anything runs
     return Prepared(config=config, run_dir=run_dir, resumed=resumed, state=state, dataset=dataset, space=space,
                     train=train, valid=valid, valid_full=valid_full, device=device,
                     data_seconds=time.perf_counter() - t0)
+
+
+def space_recipe(config: RunConfig, space: Any) -> Dict[str, Any]:
+    """The space's supernet training recipe for the run's data (``space.presets(data).train``), checked:
+    it may set only :data:`~fastnas.run.config.RECIPE_KEYS`."""
+    recipe = dict(space.presets(config.data).train)
+    unknown = sorted(k for k in recipe if k not in RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"space {config.space!r}: its training recipe (presets().train) sets {unknown}; a recipe "
+                         f"may set only {list(RECIPE_KEYS)}")
+    return recipe
+
+
+def recipe_notes(config: RunConfig, state: Dict[str, Any]) -> Dict[str, str]:
+    """``{setting: comment}`` for the settings whose value came from the space's recipe (``state.json``
+    records them; a setting changed since, on a resume before training, is no longer the recipe's)."""
+    record = state.get("recipe") or {}
+    values = record.get("values") or {}
+    where = f"from the {record.get('space')} space's recipe"
+    return {k: where for k, v in values.items() if k in RECIPE_KEYS and getattr(config, k) == v}
 
 
 def _defaults(config: RunConfig, dataset: Any) -> Dict[str, Any]:
@@ -272,12 +299,13 @@ class Run:
 
     def start(self) -> None:
         """Creates the run directory (new runs) and counts the session."""
+        notes = recipe_notes(self.config, self.state)
         if not self.p.resumed:
             import fastnas
             self.dir.create(self.config, header=f"fastnas {fastnas.__version__} run config; "
-                                                "resume with: fastnas search --resume <this directory>")
+                                                "resume with: fastnas search --resume <this directory>", notes=notes)
         else:
-            self.dir.save_config(self.config, header="fastnas run config (resumed)")
+            self.dir.save_config(self.config, header="fastnas run config (resumed)", notes=notes)
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)
         self.dir.save_state(self.state)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from fastnas._io import atomic_write
-from fastnas.run.config import RunConfig, dumps_toml, load_toml
+from fastnas.run.config import LEGACY_VALUES, RunConfig, dumps_toml, load_toml
 
 __all__ = ["RunDir", "write_text_atomic", "write_json_atomic", "read_json", "PHASES"]
 
@@ -120,20 +120,24 @@ class RunDir:
         if not path.is_file():
             raise ValueError(f"{str(self.path)!r} is not a fastnas run directory (no {self.CONFIG})")
         try:
-            return RunConfig.from_dict(load_toml(path))
+            saved = load_toml(path)
+            present = {str(k).replace("-", "_") for k in saved}
+            saved.update({k: v for k, v in LEGACY_VALUES.items() if k not in present})  # written before they existed
+            return RunConfig.from_dict(saved)
         except ValueError as e:
             raise ValueError(f"{str(path)!r} is corrupt or from another fastnas version: {e}") from None
 
     # ---- writing
 
-    def create(self, config: RunConfig, header: str = "") -> None:
+    def create(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
         """Makes the directory and writes ``config.toml`` and a fresh ``state.json``."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self.save_config(config, header)
+        self.save_config(config, header, notes)
         self.save_state(self.new_state())
 
-    def save_config(self, config: RunConfig, header: str = "") -> None:
-        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header))
+    def save_config(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
+        """Writes ``config.toml``; ``notes``: a comment per key (see :func:`~fastnas.run.config.dumps_toml`)."""
+        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header, notes))
 
     @staticmethod
     def new_state() -> Dict[str, Any]:

@@ -6,7 +6,7 @@ Importing this package registers the built-in spaces: ``create_space("nb201")``,
 from __future__ import annotations
 
 from fastnas.spaces.base import (
-    BatchedForward, CellGraph, Presets, Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space,
+    BatchedForward, CellGraph, CellwiseArch, Presets, Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space,
 )
 from fastnas.spaces.darts import DARTS
 from fastnas.spaces.nb201 import NB201
@@ -14,5 +14,5 @@ from fastnas.spaces.nb201 import NB201
 #: The space a run searches when none is named (the no-option ``fastnas search``).
 DEFAULT_SPACE = "nb201"
 
-__all__ = ["BatchedForward", "CellGraph", "DARTS", "DEFAULT_SPACE", "NB201", "Presets", "Space", "Supernet",
-           "create_space", "list_spaces", "recalibrate_bn", "register_space"]
+__all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "NB201", "Presets", "Space",
+           "Supernet", "create_space", "list_spaces", "recalibrate_bn", "register_space"]

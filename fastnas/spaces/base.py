@@ -22,7 +22,7 @@ from torch import nn
 from fastnas._hints import did_you_mean
 
 __all__ = [
-    "Space", "Supernet", "Presets", "CellGraph", "BatchedForward", "register_space", "create_space",
+    "Space", "Supernet", "Presets", "CellGraph", "BatchedForward", "CellwiseArch", "register_space", "create_space",
     "list_spaces", "recalibrate_bn", "size_keyword",
 ]
 
@@ -30,6 +30,23 @@ Arch = Hashable
 
 #: GeNAS's NAS-Bench-201 sigmas: the default of a space that states none (and of ``FlatnessConfig``).
 DEFAULT_SIGMAS: Tuple[float, ...] = (2e-3, 1e-2, 2e-2)
+
+
+class CellwiseArch(tuple):
+    """One architecture per searched cell of a supernet, in the order of its searched cells.
+
+    An optional capability: a supernet that accepts it in ``forward(x, arch)`` and
+    ``path_parameters(arch)`` lets every cell run its own cell architecture (RLNAS's per-cell
+    sampling); its space draws one with :meth:`Space.sample_cellwise`. Spaces whose supernet takes
+    only one architecture shared by all cells (the default) refuse it. The type is what tells a
+    per-cell choice from an architecture, so ``CellwiseArch((a, a, a))`` is not ``a``; hashable and
+    immutable like any architecture.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"CellwiseArch({tuple(self)!r})"
 
 
 @dataclass(frozen=True)
@@ -186,6 +203,20 @@ class Space(abc.ABC):
     def canonical(self, arch: Arch) -> Arch:
         """The representative of ``arch``'s isomorphism class (default: ``arch`` itself, validated)."""
         return self.validate(arch)
+
+    def sample_cellwise(self, rng: random.Random) -> CellwiseArch:
+        """One cell architecture per searched cell of the supernet, each drawn on its own (per-cell
+        supernet training). Default: ``NotImplementedError`` -- the supernet takes one architecture
+        shared by all its cells."""
+        raise NotImplementedError(f"space {self.name!r} has no per-cell architectures: its supernet takes one "
+                                  "architecture shared by all its cells")
+
+    def fair_paths(self, rng: random.Random) -> Tuple[Arch, ...]:
+        """``K`` architectures in which every choice of every gene appears exactly once (FairNAS's strict
+        fairness; ``K`` = the number of choices per gene), randomly matched. Default:
+        ``NotImplementedError`` -- the space's genes do not all have the same choices."""
+        raise NotImplementedError(f"space {self.name!r} has no strictly fair paths: its genes do not all take "
+                                  "the same set of choices")
 
     def presets(self, data: Optional[str] = None) -> Presets:
         """The flatness sigmas and training overrides this space recommends for the dataset ``data``

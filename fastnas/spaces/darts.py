@@ -57,11 +57,17 @@ import torch
 from torch import nn
 
 from fastnas.spaces import darts_ops
-from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import CellGraph, CellwiseArch, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
 from fastnas._hints import did_you_mean
 
-__all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "OPERATORS", "DARTS_V1", "DARTS_V2"]
+__all__ = ["Genotype", "DARTS", "DARTSSupernet", "PRIMITIVES", "OPS", "OPERATORS", "DARTS_V1", "DARTS_V2", "TRAIN_RECIPE"]
+
+#: GeNAS's DARTS supernet recipe (``train_supernet/train.py`` of clovaai/GeNAS): SGD, lr 0.025 cosine to
+#: 0.001 per epoch, momentum 0.9 (no Nesterov), weight decay 3e-4, gradient-norm clip 5 (batch 64, 250
+#: epochs; those two are left to the run).
+TRAIN_RECIPE: Dict[str, Any] = {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": False,
+                                "weight_decay": 3e-4, "grad_clip": 5.0}
 
 Edge = Tuple[str, int]
 
@@ -277,6 +283,9 @@ class DARTS(Space):
         Raises:
             ValueError: quoting the offending part when ``arch`` is not in this space.
         """
+        if isinstance(arch, CellwiseArch):
+            raise ValueError(f"arch={arch!r} is a CellwiseArch: the DARTS supernet has no per-cell architectures "
+                             "(one normal and one reduction genotype are shared by all its cells)")
         if isinstance(arch, str):
             return self.parse(arch)
         if all(hasattr(arch, f) for f in _FIELDS):
@@ -416,10 +425,9 @@ class DARTS(Space):
 
     def presets(self, data: Optional[str] = None) -> Presets:
         """GeNAS's DARTS sigmas: (1e-3, 3e-3, 6e-3) when ``data`` names CIFAR-100, else the CIFAR-10
-        ones (1e-5, 5e-5, 1e-4); no training overrides."""
-        if data is not None and "cifar100" in str(data).lower():
-            return Presets(sigmas=(1e-3, 3e-3, 6e-3))
-        return Presets(sigmas=(1e-5, 5e-5, 1e-4))
+        ones (1e-5, 5e-5, 1e-4); and GeNAS's supernet recipe (:data:`TRAIN_RECIPE`) for every dataset."""
+        sigmas = (1e-3, 3e-3, 6e-3) if data is not None and "cifar100" in str(data).lower() else (1e-5, 5e-5, 1e-4)
+        return Presets(sigmas=sigmas, train=TRAIN_RECIPE)
 
     def cell_graph(self, arch: Any) -> List[CellGraph]:
         """The normal and the reduction cell: inputs ``k-2``, ``k-1``, nodes ``0 ..``, ``out`` (the concat)."""

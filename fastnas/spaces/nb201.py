@@ -44,12 +44,13 @@ import torch
 from torch import nn
 
 from fastnas._hints import did_you_mean
-from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import CellGraph, CellwiseArch, Presets, Space, Supernet, register_space, size_keyword
 from fastnas.spaces.nb201_ops import (
     EDGES, OPS, Cell, NB201Network, ReLUConvBN, ResidualBlock, SuperCell, Zero, make_op,
 )
 
-__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS", "ANGLE_PATHS", "OPERATORS"]
+__all__ = ["NB201", "NB201Supernet", "OPS", "EDGES", "FLOPS_CONVENTIONS", "ANGLE_PATHS", "OPERATORS",
+           "TRAIN_RECIPE"]
 
 Arch = Tuple[str, str, str, str, str, str]
 
@@ -59,6 +60,13 @@ OPERATORS = ("rlnas", "different")
 _MUTATION_OPS = tuple(op for op in OPS if op != "none")  # RLNAS: randint(1, op_num) over OPS' order
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
 _EDGE_NAMES = ", ".join(f"{to}<-{src}" for to, src in EDGES)
+
+#: The NAS-Bench-201 supernet recipe of GeNAS, whose NB201 experiments use RLNAS's code
+#: (``configs/nas-benchmark/algos/SPOS.config`` of megvii-model/RLNAS): SGD, lr 0.025 cosine to 0.001 per
+#: epoch, momentum 0.9 with Nesterov, weight decay 5e-4, no gradient clipping (batch 64, 250 epochs; those
+#: two are left to the run).
+TRAIN_RECIPE: Dict[str, Any] = {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True,
+                                "weight_decay": 5e-4, "grad_clip": 0.0}
 
 #: ``"nb201"``: what the NAS-Bench-201 API reports (its counter sums only Conv2d and Linear modules:
 #: conv multiply-adds, linear multiply-adds plus bias). ``"full"``: additionally 2 per BatchNorm output
@@ -128,6 +136,10 @@ class NB201(Space):
 
     def validate(self, arch: Any) -> Arch:
         """Returns ``arch`` as a tuple if it is 6 known op names (a list is accepted), else ``ValueError``."""
+        if isinstance(arch, CellwiseArch):
+            raise ValueError(f"arch={arch!r} is a CellwiseArch (one architecture per cell); this takes one "
+                             "architecture of 6 op names (only the supernet's forward and path_parameters take "
+                             "a CellwiseArch)")
         if isinstance(arch, str):
             raise ValueError(f"arch={arch!r} is a string; expected a tuple of 6 op names "
                              f"(use NB201.parse() for the '|op~0|+...' text form)")
@@ -185,6 +197,39 @@ class NB201(Space):
         """Uniform over all 15,625 architectures (``none`` included, no repair)."""
         return tuple(rng.choice(OPS) for _ in EDGES)  # type: ignore[return-value]
 
+    def sample_connected(self, rng: random.Random) -> Arch:
+        """A cell drawn as RLNAS's supernet trainer draws one: node by node, the ops of the node's incoming
+        edges uniformly from all five, redrawn together until at least one is not ``none``.
+
+        This is the ``forward_urs`` sampling of the NAS-Bench-201 search cell in the RLNAS code
+        (``search_cells.py``): every node, the output included, gets a non-zero input, so the cell
+        output is always connected to its input. Node 1 has one edge (uniform over the four non-``none``
+        ops), node 2 two (uniform over the 24 pairs that are not both ``none``), node 3 three (124 triples).
+        """
+        ops: List[str] = []
+        for node in (1, 2, 3):
+            fan_in = sum(1 for to, _ in EDGES if to == node)  # EDGES lists the edges node by node
+            while True:
+                drawn = [rng.choice(OPS) for _ in range(fan_in)]
+                if any(op != "none" for op in drawn):
+                    break
+            ops.extend(drawn)
+        return tuple(ops)  # type: ignore[return-value]
+
+    def sample_cellwise(self, rng: random.Random) -> CellwiseArch:
+        """One :meth:`sample_connected` cell per searched cell (``3 * N`` of them, in network order): the
+        per-cell sampling of RLNAS's supernet trainer, where every cell draws its own ops in each
+        forward pass."""
+        return CellwiseArch(self.sample_connected(rng) for _ in range(3 * self.N))
+
+    def fair_paths(self, rng: random.Random) -> Tuple[Arch, ...]:
+        """FairNAS's strict fairness: five architectures; edge ``k`` of architecture ``j`` is op ``j`` of a
+        random permutation of the five ops drawn for edge ``k``, so every op of every edge is in exactly
+        one of them. ``none`` is one of the five (it has no weights; the path holding it trains the
+        other edges with that edge cut)."""
+        perms = [rng.sample(OPS, len(OPS)) for _ in EDGES]  # (edges, K)
+        return tuple(tuple(perm[j] for perm in perms) for j in range(len(OPS)))  # type: ignore[return-value]
+
     def mutate(self, arch: Arch, prob: float, rng: random.Random) -> Arch:
         """Each edge, with probability ``prob``, re-drawn: ``operators="rlnas"`` uniformly among the four
         non-``none`` ops (possibly the same op), ``"different"`` uniformly among the four other ops."""
@@ -224,8 +269,9 @@ class NB201(Space):
     # ---- presets and plots
 
     def presets(self, data: Optional[str] = None) -> Presets:
-        """GeNAS's NAS-Bench-201 sigmas (2e-3, 1e-2, 2e-2) for every dataset; no training overrides."""
-        return Presets(sigmas=(2e-3, 1e-2, 2e-2))
+        """GeNAS's NAS-Bench-201 sigmas (2e-3, 1e-2, 2e-2) and supernet recipe (:data:`TRAIN_RECIPE`), for
+        every dataset."""
+        return Presets(sigmas=(2e-3, 1e-2, 2e-2), train=TRAIN_RECIPE)
 
     def cell_graph(self, arch: Arch) -> List[CellGraph]:
         """The one cell: nodes ``in, 1, 2, out``, an edge per non-``none`` op; titled by the text form."""
@@ -374,14 +420,18 @@ class NB201Supernet(Supernet):
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, space.num_classes)
-        # (name, edge index or None when every path uses it, op name or None)
-        self._slots: List[Tuple[str, Optional[int], Optional[str]]] = []
+        # (name, position among the searched cells, edge index, op name); None, None, None when every
+        # path uses the parameter
+        position = {i: p for p, i in enumerate(self._search_cells())}
+        self._num_searched = len(position)
+        self._slots: List[Tuple[str, Optional[int], Optional[int], Optional[str]]] = []
         for name, _ in self.named_parameters():
             m = _EDGE_KEY.match(name)
-            if m and isinstance(self.cells[int(m.group(1))], SuperCell):
-                self._slots.append((name, int(m.group(2)), name[m.end():].split(".", 1)[0]))
+            if m and int(m.group(1)) in position:
+                self._slots.append((name, position[int(m.group(1))], int(m.group(2)),
+                                    name[m.end():].split(".", 1)[0]))
             else:
-                self._slots.append((name, None, None))
+                self._slots.append((name, None, None, None))
 
     def _check_input(self, x: torch.Tensor) -> None:
         c = self.space.in_channels
@@ -389,21 +439,35 @@ class NB201Supernet(Supernet):
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x has shape {shape}; expected (batch, {c}, height, width)")
 
-    def forward(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:  # (B, in_ch, H, W) -> (B, classes)
-        arch = self.space.validate(arch)
+    def _cell_archs(self, arch: Any) -> List[Arch]:
+        """The architecture of each searched cell, in network order: ``arch`` in every cell, or the cells'
+        own architectures of a :class:`~fastnas.spaces.base.CellwiseArch`."""
+        n = self._num_searched
+        if isinstance(arch, CellwiseArch):
+            if len(arch) != n:
+                raise ValueError(f"arch: a CellwiseArch of {len(arch)} cell architectures; this supernet has "
+                                 f"{n} searched cells (3 * N, N={self.space.N})")
+            return [self.space.validate(a) for a in arch]
+        return [self.space.validate(arch)] * n
+
+    def forward(self, x: torch.Tensor, arch: Any) -> torch.Tensor:  # (B, in_ch, H, W) -> (B, classes)
+        """Runs the path of ``arch`` -- one architecture for every cell, or a
+        :class:`~fastnas.spaces.base.CellwiseArch` giving each searched cell its own."""
+        archs = iter(self._cell_archs(arch))
         self._check_input(x)
         x = self.stem(x)
         for cell in self.cells:
-            x = cell(x, arch) if isinstance(cell, SuperCell) else cell(x)
+            x = cell(x, next(archs)) if isinstance(cell, SuperCell) else cell(x)
         x = self.global_pooling(self.lastact(x)).flatten(1)
         return self.classifier(x)
 
-    def path_parameters(self, arch: Arch) -> List[str]:
+    def path_parameters(self, arch: Any) -> List[str]:
         """Names of the parameters the path of ``arch`` uses: stem, residual blocks, final BN,
         classifier and, on every edge, the parameters of its op (none for ``none``, ``skip_connect``,
-        ``avg_pool_3x3``). Ops whose input node is zero are included: the forward pass runs them."""
-        a = self.space.validate(arch)
-        return [name for name, k, op in self._slots if k is None or a[k] == op]
+        ``avg_pool_3x3``). Ops whose input node is zero are included: the forward pass runs them.
+        ``arch`` may be a :class:`~fastnas.spaces.base.CellwiseArch` (each cell's own ops)."""
+        archs = self._cell_archs(arch)
+        return [name for name, cell, k, op in self._slots if cell is None or archs[cell][k] == op]
 
     def _supernet_key(self, key: str, arch: Arch) -> str:
         m = _EDGE_KEY.match(key)

@@ -2,24 +2,29 @@
 and a step strategy (how a batch trains them) -- and the SPOS supernet trainer built on it.
 
 * :func:`train` -- epochs, cosine schedule, SGD, clipping, end-of-epoch checkpoints and resume;
-* samplers: :class:`UniformSampler` (SPOS), :class:`FixedSampler` (one network);
-* step strategies: :class:`SinglePath` (SPOS), :class:`Standalone` (a built network);
-* :func:`train_supernet` -- the loop with ``UniformSampler`` and ``SinglePath``;
+* samplers: :class:`UniformSampler` (SPOS), :class:`PerCellSampler` (RLNAS), :class:`FairSampler`
+  (FairNAS), :class:`FixedSampler` (one network); :func:`supernet_plan` maps ``TrainConfig.sampler`` to one;
+* step strategies: :class:`SinglePath` (SPOS), :class:`MultiPath` (several paths, one step),
+  :class:`Standalone` (a built network);
+* :func:`train_supernet` -- the loop with the sampler of ``TrainConfig.sampler`` (default uniform SPOS);
+* precision: :func:`bf16_support` (is bf16 native here?);
 * checkpoint files: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`fingerprint`.
 """
 
 from __future__ import annotations
 
 from fastnas.train.checkpoint import FORMAT_VERSION, fingerprint, load_checkpoint, save_checkpoint
-from fastnas.train.config import TrainConfig
+from fastnas.train.config import PRECISIONS, SAMPLERS, TrainConfig
 from fastnas.train.loop import Checkpointing, Sampler, StepResult, StepStrategy, TrainResult, cosine_lr, train
-from fastnas.train.samplers import FixedSampler, UniformSampler
+from fastnas.train.precision import bf16_support
+from fastnas.train.samplers import FairSampler, FixedSampler, PerCellSampler, UniformSampler, supernet_plan
 from fastnas.train.spos import CHECKPOINT_KIND, INIT_FILENAME, INIT_KIND, train_step, train_supernet
-from fastnas.train.steps import SinglePath, Standalone, single_path_step
+from fastnas.train.steps import MultiPath, SinglePath, Standalone, single_path_step
 
 __all__ = [
     "CHECKPOINT_KIND", "FORMAT_VERSION", "INIT_FILENAME", "INIT_KIND", "StepResult", "TrainConfig",
     "TrainResult", "cosine_lr", "fingerprint", "load_checkpoint", "save_checkpoint", "train_step",
     "train_supernet", "train", "Checkpointing", "Sampler", "StepStrategy", "UniformSampler", "FixedSampler",
-    "SinglePath", "Standalone", "single_path_step",
+    "PerCellSampler", "FairSampler", "supernet_plan", "SAMPLERS", "PRECISIONS", "bf16_support",
+    "SinglePath", "MultiPath", "Standalone", "single_path_step",
 ]

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 from fastnas._hints import did_you_mean
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "SAMPLERS", "PRECISIONS", "LATER_FIELDS"]
+
+#: Supernet samplers (``TrainConfig.sampler``); see :mod:`fastnas.train.samplers`.
+SAMPLERS = ("uniform", "per-cell", "fair")
+#: Training precisions (``TrainConfig.precision``).
+PRECISIONS = ("fp32", "bf16")
+#: Fields added after the first checkpoint format, with the defaults that train as fastnas 0.1 did.
+LATER_FIELDS: Dict[str, Any] = {"sampler": "uniform", "precision": "fp32", "channels_last": False}
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,17 @@ class TrainConfig:
             ``augment=True``). Recorded here so that the setting is saved and part of the checkpoint
             fingerprint.
         drop_last: drop the last incomplete batch of each epoch (the reference code keeps it).
+        sampler: which paths a supernet step trains (:data:`SAMPLERS`): ``uniform`` -- one architecture
+            shared by all cells (SPOS); ``per-cell`` -- every searched cell its own, each node redrawn until
+            it has a non-``none`` input (RLNAS); ``fair`` -- FairNAS strict fairness, every op of every edge
+            once per step (K paths, gradients summed, one optimizer step). Read by
+            :func:`fastnas.train.train_supernet`, not by :func:`fastnas.train.train`.
+        precision: ``fp32``, or ``bf16`` (forward and loss under ``torch.autocast`` with bfloat16; weights,
+            gradients and the optimizer stay fp32). Fast only where the CPU has native bf16
+            (avx512_bf16 or AMX; see :func:`fastnas.train.bf16_support`) or on a GPU.
+        channels_last: train with the model and the batches in channels-last memory format (the same
+            values; the model returns to the default layout when training ends). Measured 1.25-2.3x the
+            default layout for NB201 supernets on a CPU (``benchmarks/bench_train.py``).
     """
 
     epochs: int = 250
@@ -49,6 +67,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False
     drop_last: bool = False
+    sampler: str = field(default="uniform", metadata={"choices": SAMPLERS})
+    precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: Optional[int]) -> None:
@@ -76,11 +97,28 @@ class TrainConfig:
         for name in ("nesterov", "augment", "drop_last"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Invalid {name} value: {getattr(self, name)!r} (expected True or False)")
+        for name, options in (("sampler", SAMPLERS), ("precision", PRECISIONS)):
+            v = getattr(self, name)
+            if v not in options:
+                hint = did_you_mean(str(v), options, n=1) if isinstance(v, str) else ""
+                raise ValueError(f"Invalid {name} value: {v!r} (expected one of {', '.join(options)}){hint}")
+        if not isinstance(self.channels_last, bool):
+            raise ValueError(f"Invalid channels_last value: {self.channels_last!r} (expected True or False)")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Invalid nesterov value: True needs momentum > 0 (got momentum=0)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity(self) -> Dict[str, Any]:
+        """What a checkpoint fingerprint hashes: :meth:`to_dict` without the fields added since checkpoint
+        format 1 (:data:`LATER_FIELDS`) while they keep their defaults, so a run of an earlier fastnas
+        (which trained exactly as these defaults do) still resumes."""
+        d = self.to_dict()
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":

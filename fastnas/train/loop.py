@@ -23,6 +23,11 @@ resumed from an end-of-epoch checkpoint -- after a kill anywhere in the next epo
 to an uninterrupted one (on the CPU; on CUDA, only with deterministic kernels), and the caller's global
 RNG state is left as it was.
 
+Speed settings of ``config``: ``precision="bf16"`` is handed to the strategy (``step(...,
+precision="bf16")``: forward under bf16 autocast, see :mod:`fastnas.train.precision`);
+``channels_last=True`` converts the model's 4-D weights and every 4-D batch to channels-last for the
+run, and the model back to the default layout when training ends (values are unchanged by either).
+
 Schedule: :class:`torch.optim.lr_scheduler.CosineAnnealingLR` with ``T_max=epochs`` and
 ``eta_min=lr_min``, stepped once per epoch as in the DARTS and GeNAS trainers: epoch ``e`` (0-based)
 trains at ``lr_min + (lr - lr_min) * (1 + cos(pi * e / epochs)) / 2``.
@@ -31,6 +36,7 @@ trains at ``lr_min + (lr - lr_min) * (1 + cos(pi * e / epochs)) / 2``.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import time
@@ -45,6 +51,7 @@ from torch import nn
 from fastnas.seeds import derive_seed
 from fastnas.train.checkpoint import load_checkpoint, save_checkpoint
 from fastnas.train.config import TrainConfig
+from fastnas.train.precision import check_precision
 
 __all__ = ["train", "Sampler", "StepStrategy", "StepResult", "TrainResult", "Checkpointing", "cosine_lr",
            "seeded_global_rng"]
@@ -85,7 +92,11 @@ class StepStrategy(Protocol):
     def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
              label_smoothing: float = 0.0) -> StepResult:
-        """Trains ``choice`` on the batch ``(x, y)`` (on the model's device); returns detached values."""
+        """Trains ``choice`` on the batch ``(x, y)`` (on the model's device); returns detached values.
+
+        A strategy that also takes ``precision`` (``"bf16"``: forward under autocast) can train with
+        ``TrainConfig.precision="bf16"``; :func:`train` passes it only when it is not ``"fp32"``.
+        """
         ...
 
 
@@ -163,13 +174,19 @@ def seeded_global_rng(seed: int, device: Union[str, torch.device]) -> Iterator[N
             yield
 
 
-def _check_plugs(strategy: Any, sampler: Any) -> None:
+def _check_plugs(strategy: Any, sampler: Any, precision: str) -> None:
     if not callable(getattr(strategy, "step", None)):
         raise ValueError(f"strategy: {type(strategy).__name__} has no step(model, choice, x, y, optimizer); "
                          "expected a StepStrategy such as SinglePath() or Standalone()")
     if not callable(getattr(sampler, "sample", None)):
         raise ValueError(f"sampler: {type(sampler).__name__} has no sample(step); expected a Sampler such "
                          "as UniformSampler(space, seed) or FixedSampler(arch)")
+    if precision != "fp32":
+        params = inspect.signature(strategy.step).parameters
+        if "precision" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            raise ValueError(f"precision={precision!r}: strategy {type(strategy).__name__}.step takes no precision "
+                             "argument; use precision='fp32' or a strategy that takes it (SinglePath, MultiPath, "
+                             "Standalone)")
 
 
 def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
@@ -214,8 +231,12 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    _check_plugs(strategy, sampler)
+    _check_plugs(strategy, sampler, config.precision)
     device = torch.device(device)
+    check_precision(config.precision, device)
+    # Passed only when not fp32, so strategies written before precision existed keep working.
+    step_kwargs: Dict[str, Any] = {} if config.precision == "fp32" else {"precision": config.precision}
+    memory_format = torch.channels_last if config.channels_last else None
     model.to(device)
     was_training = model.training
     if rng_seed is None:
@@ -261,6 +282,8 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                            "resumed": start_epoch > 0})
 
     model.train()
+    if memory_format is not None:
+        model.to(memory_format=memory_format)  # after loading: the checkpoint's values, in this layout
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -272,10 +295,12 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             with seeded_global_rng(rng_seed(epoch), device):
                 for i, (xb, yb) in enumerate(epoch_batches):
                     xb = xb.to(device, non_blocking=True)
+                    if memory_format is not None and xb.dim() == 4:
+                        xb = xb.contiguous(memory_format=memory_format)
                     yb = yb.to(device, non_blocking=True)
                     choice = sampler.sample(result.steps)
                     step = strategy.step(model, choice, xb, yb, optimizer, grad_clip=config.grad_clip,
-                                         label_smoothing=config.label_smoothing)
+                                         label_smoothing=config.label_smoothing, **step_kwargs)
                     b = yb.shape[0]
                     loss_sum += step.loss.double() * b
                     correct += step.correct
@@ -315,6 +340,9 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                                    "steps": result.steps})
     finally:
         model.train(was_training)
+        if memory_format is not None:
+            # Scores, noise layouts and exports expect the default (contiguous) layout.
+            model.to(memory_format=torch.contiguous_format)
     if progress is not None:
         progress("end", result.to_dict())
     return result

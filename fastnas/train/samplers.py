@@ -2,7 +2,16 @@
 
 * :class:`UniformSampler` -- SPOS: one architecture per step, ``space.sample(rng)`` with the rng seeded
   from ``(seed, step)``;
+* :class:`PerCellSampler` -- every searched cell its own architecture, each node redrawn until it has a
+  non-``none`` input (RLNAS): ``space.sample_cellwise(rng)``, a :class:`~fastnas.spaces.CellwiseArch`;
+* :class:`FairSampler` -- FairNAS's strict fairness: ``space.fair_paths(rng)``, ``K`` architectures in
+  which every op of every edge appears exactly once (trained by :class:`~fastnas.train.steps.MultiPath`);
 * :class:`FixedSampler` -- the same architecture every step (retraining one network).
+
+:func:`supernet_plan` maps a ``TrainConfig.sampler`` name to its sampler and step strategy. Each
+sampler seeds a ``random.Random`` from ``derive_seed(seed, purpose, step)`` (a purpose per sampler), so
+its choices are a pure function of ``(seed, step)`` and a resumed run draws what an uninterrupted one
+drew.
 
 A sampler is any object with ``sample(step) -> choice`` that depends on the step only
 (:class:`fastnas.train.loop.Sampler`). The sandwich rule's sampler, for a family space with
@@ -21,11 +30,31 @@ A sampler is any object with ``sample(step) -> choice`` that depends on the step
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Tuple
 
+from fastnas._hints import did_you_mean
 from fastnas.seeds import derive_seed
+from fastnas.train.config import SAMPLERS
+from fastnas.train.steps import MultiPath, SinglePath
 
-__all__ = ["UniformSampler", "FixedSampler"]
+__all__ = ["UniformSampler", "PerCellSampler", "FairSampler", "FixedSampler", "supernet_plan"]
+
+
+def _space_name(space: Any) -> str:
+    return getattr(space, "name", type(space).__name__)
+
+
+def _capability(space: Any, method: str, sampler: str) -> None:
+    """``ValueError`` unless ``space.<method>(rng)`` works (tried once on a throw-away rng)."""
+    fn = getattr(space, method, None)
+    if not callable(fn):
+        raise ValueError(f"space: {type(space).__name__} has no {method}(rng); sampler={sampler!r} needs a Space "
+                         "that has")
+    try:
+        fn(random.Random(0))
+    except NotImplementedError as e:
+        raise ValueError(f"sampler={sampler!r} is not available for space {_space_name(space)!r}: {e}; use "
+                         f"sampler='uniform'") from None
 
 
 class UniformSampler:
@@ -50,6 +79,74 @@ class UniformSampler:
 
     def __repr__(self) -> str:
         return f"UniformSampler({getattr(self.space, 'name', type(self.space).__name__)!r}, seed={self.seed})"
+
+
+class PerCellSampler:
+    """Per-cell sampling (RLNAS): step ``s`` trains ``space.sample_cellwise(rng)``, a
+    :class:`~fastnas.spaces.CellwiseArch` giving every searched cell its own architecture.
+
+    For NAS-Bench-201 each cell is drawn as RLNAS's trainer draws it (``NB201.sample_connected``: node by
+    node, the node's incoming ops redrawn until one is not ``none``, so no cell is disconnected). The rng
+    is seeded with ``derive_seed(seed, "arch-cells", s)``.
+
+    Args:
+        space: a space with ``sample_cellwise(rng)`` (a ``ValueError`` names the space otherwise; DARTS has
+            none: its supernet shares one normal and one reduction genotype among all cells).
+        seed: the training seed.
+    """
+
+    def __init__(self, space: Any, seed: int = 0) -> None:
+        _capability(space, "sample_cellwise", "per-cell")
+        self.space = space
+        self.seed = seed
+
+    def sample(self, step: int) -> Any:
+        return self.space.sample_cellwise(random.Random(derive_seed(self.seed, "arch-cells", step)))
+
+    def __repr__(self) -> str:
+        return f"PerCellSampler({_space_name(self.space)!r}, seed={self.seed})"
+
+
+class FairSampler:
+    """FairNAS strict fairness: step ``s`` trains ``space.fair_paths(rng)``, ``K`` architectures in which
+    every op of every edge appears exactly once (for each edge a random permutation of its ``K`` ops).
+
+    Pair it with :class:`~fastnas.train.steps.MultiPath` (gradients of the ``K`` paths summed, one
+    optimizer step). The rng is seeded with ``derive_seed(seed, "arch-fair", s)``.
+
+    Args:
+        space: a space with ``fair_paths(rng)`` (a ``ValueError`` names the space otherwise).
+        seed: the training seed.
+    """
+
+    def __init__(self, space: Any, seed: int = 0) -> None:
+        _capability(space, "fair_paths", "fair")
+        self.space = space
+        self.seed = seed
+
+    def sample(self, step: int) -> Tuple[Any, ...]:
+        return tuple(self.space.fair_paths(random.Random(derive_seed(self.seed, "arch-fair", step))))
+
+    def __repr__(self) -> str:
+        return f"FairSampler({_space_name(self.space)!r}, seed={self.seed})"
+
+
+def supernet_plan(name: str, space: Any, seed: int = 0) -> Tuple[Any, Any]:
+    """``(sampler, step strategy)`` of the supernet sampler ``name`` (``TrainConfig.sampler``).
+
+    ``uniform``: :class:`UniformSampler` + :class:`~fastnas.train.steps.SinglePath` (SPOS);
+    ``per-cell``: :class:`PerCellSampler` + ``SinglePath``; ``fair``: :class:`FairSampler` +
+    :class:`~fastnas.train.steps.MultiPath`. ``ValueError`` for an unknown name or a space that lacks
+    the capability.
+    """
+    if name == "uniform":
+        return UniformSampler(space, seed), SinglePath()
+    if name == "per-cell":
+        return PerCellSampler(space, seed), SinglePath()
+    if name == "fair":
+        return FairSampler(space, seed), MultiPath()
+    hint = did_you_mean(str(name), SAMPLERS, n=1) if isinstance(name, str) else ""
+    raise ValueError(f"sampler={name!r}: expected one of {', '.join(SAMPLERS)}{hint}")
 
 
 class FixedSampler:

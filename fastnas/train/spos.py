@@ -1,8 +1,10 @@
-"""Single-path one-shot (SPOS) supernet training: the training loop with a uniform sampler and single-path steps.
+"""Supernet training: the training loop with the sampler of ``TrainConfig.sampler`` -- by default single-path
+one-shot (SPOS), a uniform sampler and single-path steps; per-cell (RLNAS) and strictly fair (FairNAS)
+sampling are the other choices (:mod:`fastnas.train.samplers`).
 
-Each step samples one architecture uniformly (:class:`~fastnas.train.samplers.UniformSampler`), runs the
-whole batch through that path only, and updates only the path's parameters
-(:class:`~fastnas.train.steps.SinglePath`). As in the SPOS reference trainer, the gradients of every
+With the default sampler, each step samples one architecture uniformly
+(:class:`~fastnas.train.samplers.UniformSampler`), runs the whole batch through that path only, and
+updates only the path's parameters (:class:`~fastnas.train.steps.SinglePath`). As in the SPOS reference trainer, the gradients of every
 parameter off the path are set to ``None`` after ``backward``; :class:`torch.optim.SGD` (loop and
 ``foreach`` alike) skips such parameters entirely, so they get no weight decay and their momentum
 buffers do not move. Plain "zero gradients" would not do: SGD would still decay them and push them along
@@ -30,10 +32,10 @@ from torch import nn
 from fastnas.data.batches import Batches
 from fastnas.seeds import derive_seed
 from fastnas.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from fastnas.train.config import TrainConfig
+from fastnas.train.config import LATER_FIELDS, TrainConfig
 from fastnas.train.loop import Checkpointing, StepResult, TrainResult, cosine_lr, train
-from fastnas.train.samplers import UniformSampler
-from fastnas.train.steps import SinglePath, single_path_step
+from fastnas.train.samplers import supernet_plan
+from fastnas.train.steps import single_path_step
 
 __all__ = ["TrainConfig", "TrainResult", "StepResult", "train_supernet", "train_step", "cosine_lr",
            "CHECKPOINT_KIND", "INIT_KIND", "INIT_FILENAME"]
@@ -81,7 +83,7 @@ def _space_identity(space: Any) -> Dict[str, Any]:
 
 def _run_fingerprint(config: TrainConfig, space: Any, supernet: nn.Module) -> str:
     layout = [[k, list(v.shape)] for k, v in supernet.state_dict().items()]
-    return fingerprint({"config": config.to_dict(), "space": _space_identity(space), "layout": layout})
+    return fingerprint({"config": config.identity(), "space": _space_identity(space), "layout": layout})
 
 
 def _cpu_state(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -89,7 +91,7 @@ def _cpu_state(module: nn.Module) -> Dict[str, torch.Tensor]:
 
 
 def _mismatch_hint(payload: Dict[str, Any], config: TrainConfig, space: Any) -> str:
-    saved_cfg = payload.get("config", {}) or {}
+    saved_cfg = {**LATER_FIELDS, **(payload.get("config", {}) or {})}  # files of fastnas 0.1 lack them
     diffs = [f"{k}: checkpoint {saved_cfg.get(k)!r} vs now {v!r}" for k, v in config.to_dict().items()
              if saved_cfg.get(k) != v]
     saved_space = payload.get("space", {}) or {}
@@ -107,15 +109,18 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                    checkpoint_path: Union[str, Path, None] = None, resume: bool = True,
                    progress: Optional[ProgressFn] = None,
                    batch_fn: Optional[Callable[[int], Iterable[Batch]]] = None) -> TrainResult:
-    """Trains a weight-sharing supernet with uniform single-path sampling (SPOS).
+    """Trains a weight-sharing supernet with the paths of ``config.sampler`` (default: uniform SPOS).
 
-    Per step: ``arch = space.sample(rng)`` (one path for the whole batch), cross-entropy, backward,
-    off-path gradients set to ``None``, gradient clipping over the path, SGD step. Per epoch: cosine
-    learning-rate step, then a checkpoint (when ``checkpoint_path`` is given).
+    Per step (``sampler="uniform"``): ``arch = space.sample(rng)`` (one path for the whole batch),
+    cross-entropy, backward, off-path gradients set to ``None``, gradient clipping over the path, SGD
+    step. ``"per-cell"`` trains one :class:`~fastnas.spaces.CellwiseArch` path the same way; ``"fair"``
+    the ``K`` paths of ``space.fair_paths`` with summed gradients and one SGD step
+    (:func:`fastnas.train.samplers.supernet_plan`). Per epoch: cosine learning-rate step, then a
+    checkpoint (when ``checkpoint_path`` is given).
 
     Args:
         supernet: the supernet (moved to ``device`` in place; left in the training mode it had).
-        space: the space whose ``sample(rng)`` draws the architectures.
+        space: the space whose ``sample(rng)`` (``sample_cellwise``, ``fair_paths``) draws the paths.
         train_x: ``(N, C, H, W)`` float images (any device), or ``None`` with ``batch_fn``.
         train_y: ``(N,)`` int64 labels, or ``None`` with ``batch_fn``.
         config: the training settings.
@@ -140,6 +145,7 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
     if not hasattr(supernet, "path_parameters"):
         raise ValueError(f"supernet: {type(supernet).__name__} has no path_parameters(arch); expected a Supernet")
     _check_data(train_x, train_y, batch_fn)
+    sampler, strategy = supernet_plan(config.sampler, space, config.seed)
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     init_path = ckpt.with_name(INIT_FILENAME) if ckpt is not None else None
     if ckpt is not None and ckpt.name == INIT_FILENAME:
@@ -179,9 +185,9 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                 save_checkpoint(init_path, {"kind": INIT_KIND, "fingerprint": run_fp, "config": config.to_dict(),
                                             "space": _space_identity(space), "model": initial["state"]})
 
-    result = train(supernet, SinglePath(), UniformSampler(space, config.seed), batch_fn, config, device=device,
+    result = train(supernet, strategy, sampler, batch_fn, config, device=device,
                    checkpoint=checkpointing, progress=progress, steps_per_epoch=steps_per_epoch,
                    rng_seed=lambda epoch: derive_seed(config.seed, "torch", epoch), on_start=on_start,
-                   name="SPOS training")
+                   name=f"supernet training ({config.sampler} sampler)")
     result.initial_state = initial["state"]
     return result

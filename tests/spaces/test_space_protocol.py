@@ -35,7 +35,11 @@ def test_every_registered_space_takes_the_generic_keywords():
 
 
 def test_presets():
-    assert NB201().presets("cifar100") == Presets(sigmas=(2e-3, 1e-2, 2e-2))
+    # the supernet recipes: RLNAS's SPOS.config for NB201 (GeNAS's NB201 code), GeNAS's train.py for DARTS
+    nb201 = {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "grad_clip": 0.0}
+    assert NB201().presets("cifar100") == Presets(sigmas=(2e-3, 1e-2, 2e-2), train=nb201)
+    assert dict(DARTS().presets("cifar10").train) == {"lr": 0.025, "lr_min": 0.001, "momentum": 0.9,
+                                                      "nesterov": False, "weight_decay": 3e-4, "grad_clip": 5.0}
     assert DARTS().presets("CIFAR100").sigmas == (1e-3, 3e-3, 6e-3)
     assert DARTS().presets("/data/cifar100.npz").sigmas == (1e-3, 3e-3, 6e-3)
     assert DARTS().presets("cifar10").sigmas == DARTS().presets(None).sigmas == (1e-5, 5e-5, 1e-4)
