@@ -11,9 +11,8 @@ with the same results to float rounding:
   zero, and the average of zero means is zero);
 * **one ReLU per node**: the cell's ReLU-Conv-BN edges leaving one node share its ReLU;
 * **average pooling as a depthwise convolution**: ``avg_pool_3x3`` (``count_include_pad=False``) is a
-  3x3 depthwise convolution with taps 1/9, the borders rescaled to their count of valid taps (measured
-  6x faster than ``avg_pool2d`` on channels-last CPU tensors; in bf16 it runs in float32, where that
-  kernel is fast);
+  3x3 depthwise convolution, the borders rescaled to their count of valid taps (measured 3-6x faster
+  than ``avg_pool2d`` on channels-last CPU tensors, in fp32 and bf16);
 * **eval mode folded**: each convolution carries its BatchNorm (:func:`fastnas.ops.fold.fold_conv_bn`),
   in channels-last format and in the program's dtype (bf16 weights are cast once per :meth:`refresh`,
   not once per call as under autocast).
@@ -291,7 +290,7 @@ class CompiledNB201:
         # Train mode: a ReLU-Conv-BN of zero outputs exactly zero iff its BatchNorm is non-affine.
         self.train_schedule = cell_schedule(self.arch, prune_zero=not self.affine_cells)
         self._schedule: Optional[CellSchedule] = None  # eval mode, set by refresh()
-        self._pool: Dict[int, torch.Tensor] = {}  # channels -> the depthwise 1/9 kernel
+        self._pool: Dict[int, torch.Tensor] = {}  # channels -> the depthwise pooling kernel
 
     # ---- shared pieces
 
@@ -299,20 +298,23 @@ class CompiledNB201:
         return x.to(dtype=self.dtype, memory_format=self.memory_format)
 
     def _pool3(self, x: torch.Tensor) -> torch.Tensor:
-        """``avg_pool2d(x, 3, 1, 1, count_include_pad=False)`` as a depthwise convolution with 1/9 taps, in
-        float32, then the border rows and columns scaled by 9/6 (corners twice: 9/4), the counts of
-        valid taps there; a full-size multiply by a count map costs a pass over memory."""
+        """``avg_pool2d(x, 3, 1, 1, count_include_pad=False)`` as a depthwise convolution, then the border
+        rows and columns scaled by 9/6 (corners twice: 9/4) to their count of valid taps (a full-size
+        multiply by a count map would cost a pass over memory). float32: taps 1/9; bf16: taps 1 (exact
+        in bf16, unlike 1/9), the sum accumulated in float32 inside the kernel, then scaled by 1/9."""
         _, c, h, w = x.shape
         if h < 2 or w < 2:
-            y = F.avg_pool2d(x.float(), 3, 1, 1, count_include_pad=False)
-            return y if y.dtype == self.dtype else y.to(self.dtype)
+            return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
         if c not in self._pool:
-            self._pool[c] = torch.full((c, 1, 3, 3), 1.0 / 9.0, device=x.device).contiguous(
+            tap = 1.0 if self.dtype == torch.bfloat16 else 1.0 / 9.0
+            self._pool[c] = torch.full((c, 1, 3, 3), tap, dtype=self.dtype, device=x.device).contiguous(
                 memory_format=self.memory_format)
-        y = F.conv2d(x.float(), self._pool[c], None, 1, 1, 1, c)
+        y = F.conv2d(x, self._pool[c], None, 1, 1, 1, c)
+        if self.dtype == torch.bfloat16:
+            y.mul_(1.0 / 9.0)
         for view in (y[:, :, 0], y[:, :, -1], y[:, :, :, 0], y[:, :, :, -1]):
             view.mul_(1.5)
-        return y if y.dtype == self.dtype else y.to(self.dtype)
+        return y
 
     def _cell(self, cell: Cell, units: Dict[int, _Unit], schedule: CellSchedule, x: torch.Tensor,
               conv) -> torch.Tensor:
