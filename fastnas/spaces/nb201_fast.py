@@ -312,8 +312,8 @@ class CompiledNB201:
         y = F.conv2d(x, self._pool[c], None, 1, 1, 1, c)
         if self.dtype == torch.bfloat16:
             y.mul_(1.0 / 9.0)
-        for view in (y[:, :, 0], y[:, :, -1], y[:, :, :, 0], y[:, :, :, -1]):
-            view.mul_(1.5)
+        y[:, :, ::h - 1].mul_(1.5)  # rows 0 and h-1
+        y[:, :, :, ::w - 1].mul_(1.5)  # columns 0 and w-1
         return y
 
     def _cell(self, cell: Cell, units: Dict[int, _Unit], schedule: CellSchedule, x: torch.Tensor,
@@ -448,6 +448,12 @@ class CompiledNB201:
             prune = not any(bool(layer[0].edges[e][2].running_mean.any())
                             for kind, layer in self.layers if kind == "cell" for e in zs)
         return cell_schedule(self.arch, prune_zero=prune)
+
+    def folded(self) -> int:
+        """The number of convolutions with a BatchNorm folded in by :meth:`refresh`."""
+        schedule = self._eval_schedule() if self._schedule is None else self._schedule
+        cells = sum(len(edges) for kind, _ in self.layers if kind == "cell" for edges in schedule.convs)
+        return 1 + 2 * sum(kind == "res" for kind, _ in self.layers) + cells
 
     def refresh(self) -> int:
         """Folds the network's current parameters and running statistics into the eval weights.

@@ -108,7 +108,9 @@ def test_eval_equals_module_forward(affine):
         net = sn.extract(arch).eval()
         with torch.no_grad():
             ref = net(x)
-            out = CompiledNB201(copy.deepcopy(net))(x)
+            program = CompiledNB201(copy.deepcopy(net))
+            assert program.folded() == program.refresh()
+            out = program(x)
             out_nchw = CompiledNB201(copy.deepcopy(net), channels_last=False)(x)
         assert _rel(out, ref) < 1e-5 and _rel(out_nchw, ref) < 1e-5, arch
     assert torch.equal(x, x_before)
