@@ -63,7 +63,7 @@ from fastnas.metrics.fastcopy import foldable_copy, refresh_folds
 from fastnas.ops.layout import ParamLayout, ParamSlice
 from fastnas.ops.perturb import Backup, perturb_, restore_
 from fastnas.ops.reduce import loss_correct_
-from fastnas.spaces.base import recalibrate_bn
+from fastnas.spaces.base import BatchedForward, recalibrate_bn
 from fastnas._hints import did_you_mean
 
 __all__ = [
@@ -341,7 +341,8 @@ class MultiSigmaEvaluator:
         space_forward = make() if callable(make) and (batched is not False or compiled is not False) else None
         self._batched_forward = space_forward if batched is not False else None
         compile_fn = getattr(space_forward, "compile", None) if compiled is not False else None
-        self._compile = compile_fn if callable(compile_fn) else None
+        declared = callable(compile_fn) and getattr(type(space_forward), "compile", None) is not BatchedForward.compile
+        self._compile = compile_fn if declared else None  # the protocol's default compiles nothing
         self._space_forward = space_forward
         if compiled is True and self._compile is None:
             raise ValueError(f"compiled=True: {type(model).__name__} has no compiled forward (batched_forward() "

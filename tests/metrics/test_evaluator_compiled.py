@@ -11,8 +11,16 @@ import torch
 from torch import nn
 
 from fastnas.metrics import FlatnessConfig, MultiSigmaEvaluator, make_score_fn
+from fastnas.spaces.base import BatchedForward
 from fastnas.spaces.darts import DARTS
-from fastnas.spaces.nb201 import NB201
+from fastnas.spaces.nb201 import NB201, NB201Supernet
+
+
+class _PlainBatched(NB201Supernet):
+    """A supernet whose batched forward declares no compile(): the protocol's default compiles nothing."""
+
+    def batched_forward(self):
+        return BatchedForward()
 
 
 def _supernet(seed=0):
@@ -123,6 +131,12 @@ def test_compiled_choices_are_checked():
     ev = MultiSigmaEvaluator(sn, x, y, sigmas=(0.1,), fold_bn=False)
     ev.evaluate(_archs(sn.space)[0])
     assert not ev.report()["compiled"] and "fold_bn=False" in ev.report()["route_reason"]
+    plain = _PlainBatched(NB201(C=4, N=1, resolution=8))
+    with pytest.raises(ValueError, match="compiled=True: _PlainBatched has no compiled forward"):
+        MultiSigmaEvaluator(plain, x, y, compiled=True)
+    ev = MultiSigmaEvaluator(plain, x, y, sigmas=(0.1,))
+    ev.evaluate(_archs(sn.space)[0])
+    assert not ev.report()["compiled"] and "has no compiled forward" in ev.report()["route_reason"]
 
 
 def test_score_fn_uses_the_compiled_route():
