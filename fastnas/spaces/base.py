@@ -112,8 +112,15 @@ class BatchedForward:
     ``prepare(archs, weights=None) -> plan`` folds the weights of K candidates (``weights``: K mappings
     ``parameter name -> tensor`` overriding the supernet's); ``forward(plan, x) -> (K, B, classes)``
     logits in eval mode; ``choose(x, archs) -> "batched" | "sequential"`` says which is faster on
-    ``x``'s device, by measurement.
+    ``x``'s device, by measurement. Optionally ``compile(net, *, dtype, channels_last) -> (program, why)``:
+    a compiled forward of one network ``extract(arch)`` returned, with ``recalibrate(batches, mode)``,
+    ``refresh() -> folded`` and ``program(x) -> logits`` (eval), or ``(None, why not)``.
     """
+
+    def compile(self, net: nn.Module, *, dtype: torch.dtype = torch.float32, channels_last: bool = True
+                ) -> Tuple[Optional[Any], str]:
+        """The space's compiled forward of the extracted ``net`` (default: none)."""
+        return None, f"{type(self).__name__} has no compiled forward"
 
     def prepare(self, archs: Sequence[Arch], weights: Optional[Sequence[Mapping[str, torch.Tensor]]] = None
                 ) -> Any:  # pragma: no cover - protocol

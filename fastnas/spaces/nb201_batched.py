@@ -19,9 +19,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.spaces.base import BatchedForward
+from fastnas.spaces.nb201_fast import CompiledNB201, StemCache, not_supported_reasons
 from fastnas.spaces.nb201_ops import EDGES, ResidualBlock, SuperCell
 
 __all__ = ["BatchedNB201", "BatchedPlan", "choose_forward", "choices"]
@@ -68,6 +70,18 @@ class BatchedNB201(BatchedForward):
             raise TypeError(f"supernet: expected an NB201Supernet, got {type(supernet).__name__}")
         self.supernet = supernet
         self.space = supernet.space
+        self.stem_cache = StemCache()  # shared by the candidates compile() makes
+
+    # ---- one candidate, compiled --------------------------------------------------------------
+
+    def compile(self, net: nn.Module, *, dtype: torch.dtype = torch.float32, channels_last: bool = True
+                ) -> Tuple[Optional[CompiledNB201], str]:
+        """``(program, "")``: the :class:`~fastnas.spaces.nb201_fast.CompiledNB201` of ``net`` (an extracted
+        network of this supernet) sharing this object's stem cache, or ``(None, why not)``."""
+        why = not_supported_reasons(net)
+        if why:
+            return None, "; ".join(why)
+        return CompiledNB201(net, dtype=dtype, channels_last=channels_last, stem_cache=self.stem_cache), ""
 
     # ---- folding -------------------------------------------------------------------------------
 
