@@ -24,11 +24,17 @@ from fastnas._hints import did_you_mean
 from fastnas.run.settings import Section, Setting, derive_settings, flat_names
 
 __all__ = [
-    "RunConfig", "SECTIONS", "SECTION", "SETTINGS", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS",
+    "RunConfig", "DEFAULT_METRIC", "SECTIONS", "SECTION", "SETTINGS", "METRICS", "SEARCHERS", "NOISE_MODES", "PHASE_KEYS",
     "SESSION_KEYS", "RECIPE_KEYS", "RECIPE_FALLBACK", "LEGACY_VALUES", "parse_sigmas", "load_toml", "dumps_toml",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+
+#: The metric of ``fastnas search`` when none is given, chosen by ``fastnas bench ranking`` on the two
+#: ground-truth tables in benchmarks/ranking/ (README, "Ranking quality"): Kendall tau 0.45 on
+#: Fashion-MNIST (110 architectures; angle 0.37, params 0.39, the former default angle+flatness 0.32)
+#: and 0.28 on digits (100; angle 0.24, params 0.16, angle+flatness 0.08).
+DEFAULT_METRIC = "angle + 0.2*accuracy"
 
 
 def _metrics() -> Tuple[str, ...]:
@@ -124,7 +130,7 @@ def _sections() -> Tuple[Section, ...]:
         "max_flops": {"default_text": "none"},
     }), component=SearchConfig)
     score = Section("score", "scores", (
-        Setting("metric", "str", "angle+flatness", "the score to rank candidates by: a preset or a weighted "
+        Setting("metric", "str", DEFAULT_METRIC, "the score to rank candidates by: a preset or a weighted "
                 "sum of score parts such as 'angle + 16/sigma1*flatness'", choices=_metrics, check=_check_metric,
                 phase="search"),
         Setting("gamma", "float", None, "weight in combined metrics: S + gamma/sigma1 * F, angle + gamma * "

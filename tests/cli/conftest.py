@@ -33,6 +33,6 @@ def cli(capsys):
 def tiny_run(tmp_path_factory) -> Path:
     """One finished tiny search (angle+flatness), shared by the read-only tests."""
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    code = main(["search", *TINY, "--out", str(out)])
+    code = main(["search", *TINY, "--metric", "angle+flatness", "--out", str(out)])
     assert code == 0
     return out
