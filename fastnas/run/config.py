@@ -346,6 +346,10 @@ def _validate(v: Dict[str, Any]) -> None:
         _fail("device", device, "auto, cpu, cuda or cuda:N")
     if v["seed"] >= 2 ** 32:
         _fail("seed", v["seed"], "an integer in [0, 2**32)")
+    if v["gamma"] is not None:  # a formula's weights are in its text: no gamma to set
+        from fastnas.metrics import Metric
+
+        Metric.parse(v["metric"]).with_gamma(v["gamma"])
     SECTION["train"].build(_train_filled(v), seed=v["seed"])
     from fastnas.search import check_searcher_config
 

@@ -63,6 +63,24 @@ def default_out(root: str = "runs") -> str:
     return str(path)
 
 
+def _with_changes(saved: RunConfig, changes: Dict[str, Any]) -> RunConfig:
+    """``saved`` with ``changes`` (``None`` values ignored), its default-filled gamma re-chosen for a new metric.
+
+    ``config.toml`` records the resolved gamma (16 for ``angle+flatness``); when ``--metric`` changes
+    and gamma is not given, that filled-in value belongs to the old metric, so the new metric's own
+    default replaces it (``None`` for a formula, whose weights are in its text). A gamma the user set
+    (one that differs from the old metric's default) is kept, and checked against the new metric.
+    """
+    from fastnas.metrics import DEFAULT_GAMMA
+
+    values = saved.to_dict()
+    values.update({k.replace("-", "_"): v for k, v in changes.items() if v is not None})
+    if changes.get("gamma") is None and values["metric"] != saved.metric \
+            and saved.gamma == DEFAULT_GAMMA.get(saved.metric):
+        values["gamma"] = DEFAULT_GAMMA.get(values["metric"])
+    return RunConfig(**values)
+
+
 def merge_resume(saved: RunConfig, given: Dict[str, Any], state: Dict[str, Any], run_path: str) -> RunConfig:
     """The config to continue a run with: ``saved`` updated by the explicitly ``given`` settings.
 
@@ -79,7 +97,7 @@ def merge_resume(saved: RunConfig, given: Dict[str, Any], state: Dict[str, Any],
                 raise ValueError(f"--out {value} differs from --resume {run_path}; give only --resume")
             continue
         changed[key] = value
-    merged = saved.replace(**changed)
+    merged = _with_changes(saved, changed)
     phase_of = {k: phase for phase, keys in PHASE_KEYS.items() for k in keys}
     for key in changed:
         if key in SESSION_KEYS or getattr(merged, key) == getattr(saved, key):
@@ -208,7 +226,8 @@ def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_
     saved = run_dir.load_config()
     state = run_dir.load_state()
     if read_only:
-        config = saved.replace(**{k.replace("-", "_"): v for k, v in (given or {}).items() if k != "out"})
+        changes = {k.replace("-", "_"): v for k, v in (given or {}).items() if k != "out"}
+        config = _with_changes(saved, changes)
     else:
         config = merge_resume(saved, dict(given or {}), state, str(path))
     prepared = _load(config, run_dir, True, state)

@@ -240,8 +240,11 @@ def test_variant_names_follow_the_run_settings():
     from fastnas.run.config import SETTINGS
     from fastnas.run.ranking import plan_variants
 
+    from fastnas.metrics import Metric
+
     default = SETTINGS["metric"].default
-    config = RunConfig(metric=default, gamma=4.0, sigmas=(1e-3, 3e-3, 6e-3), alpha=0.5, noise="shared")
+    gamma = 4.0 if Metric.parse(default).gamma is not None else None  # a formula takes no gamma
+    config = RunConfig(metric=default, gamma=gamma, sigmas=(1e-3, 3e-3, 6e-3), alpha=0.5, noise="shared")
     plan = plan_variants(config, alphas=(0.0, 0.5), gammas=(4.0, 16.0), sigma_sets=[(2e-3, 1e-2, 2e-2)])
     names = set(plan.variants)
     # the run's sigmas, alpha and noise are the reference: only what differs is in a name
@@ -249,8 +252,6 @@ def test_variant_names_follow_the_run_settings():
             "flatness(noise=cumulative)"} <= names
     assert plan.variants["flatness"].sigmas == (1e-3, 3e-3, 6e-3) and plan.variants["flatness"].noise == "shared"
     # the default metric with the run's gamma; a sum's own gamma is left out of its name
-    from fastnas.metrics import Metric
-
     if Metric.parse(default).gamma is not None:
         assert plan.default == f"{default}(gamma=4)" and plan.variants[plan.default].gamma == 4.0
     else:

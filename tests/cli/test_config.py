@@ -28,7 +28,7 @@ def test_integral_floats_are_normalised():
 
 
 def test_toml_round_trip(tmp_path):
-    c = RunConfig(data='we"ird\\path.npz', sigmas=(2e-3, 1e-2), gamma=0.5, max_params=1e6, augment=True,
+    c = RunConfig(data='we"ird\\path.npz', sigmas=(2e-3, 1e-2), metric="angle+flatness", gamma=0.5, max_params=1e6, augment=True,
                   out="runs/x").resolved({"recal_batches": 3})
     path = tmp_path / "c.toml"
     path.write_text(dumps_toml(c, header="a header\nof two lines"))
@@ -42,7 +42,7 @@ def test_bad_sigmas(text):
 
 
 def test_resolved_fills_only_unset_values():
-    c = RunConfig(population=12, topk=5).resolved({"augment": True, "gamma": 16.0})
+    c = RunConfig(population=12, topk=5, metric="angle+flatness").resolved({"augment": True, "gamma": 16.0})
     assert (c.topk, c.mutations, c.crossovers, c.augment, c.gamma) == (5, 6, 6, True, 16.0)
     assert RunConfig(augment=False).resolved({"augment": True}).augment is False
 
@@ -147,3 +147,24 @@ def test_flags_set_component_settings():
     args = build_parser().parse_args(["search", "--nesterov", "true", "--sigmas", "1e-3,2e-3",
                                       "--max-params", "none", "--recal-mode", "momentum"])
     assert (args.nesterov, args.sigmas, args.max_params, args.recal_mode) == (True, (1e-3, 2e-3), None, "momentum")
+
+
+def test_resume_with_another_metric_rechooses_the_default_gamma(tmp_path, cli):
+    from _cli_helpers import tiny
+
+    out = tmp_path / "run"
+    assert cli("train-supernet", *tiny(), "--metric", "angle+flatness", "--out", out).code == 0
+    assert "gamma = 16.0" in (out / "config.toml").read_text()  # filled in for angle+flatness
+    r = cli("search", "--resume", out, "--metric", "angle + 0.2*accuracy", "--quiet")
+    assert r.code == 0, r.err
+    text = (out / "config.toml").read_text()
+    assert 'metric = "angle + 0.2*accuracy"' in text and "gamma =" not in text
+
+
+def test_a_gamma_for_a_formula_is_refused_before_anything_is_written(tmp_path, cli):
+    from _cli_helpers import tiny
+
+    out = tmp_path / "run"
+    r = cli("search", *tiny(), "--metric", "angle + 0.2*accuracy", "--gamma", "3", "--out", out)
+    assert r.code == 2 and "no mixing weight" in r.err
+    assert not out.exists()
