@@ -219,6 +219,9 @@ def cmd_kendall(args: argparse.Namespace) -> int:
     history = run_dir / run_dir.HISTORY
     if not history.is_file():
         raise ValueError(f"run {args.run!r} has no {run_dir.HISTORY} yet (the search has not finished)")
+    if not Path(args.truth).is_file():
+        raise ValueError(f"--truth {args.truth!r}: no such file (expected a CSV with an arch and an accuracy "
+                         "column, e.g. the table of fastnas groundtruth)")
     truth = load_ground_truth(args.truth)
     scores: Dict[str, float] = {}
     flagged = set()
@@ -233,6 +236,13 @@ def cmd_kendall(args: argparse.Namespace) -> int:
             if str(row.get("flagged", "")).strip().lower() in ("1", "true"):
                 flagged.add(row["arch"])
     space = _space_for_texts(config)
+    from fastnas.metrics.rank import correlate
+
+    usable = correlate(scores, truth, canonicalize=_canonicalizer(space), flagged=flagged)
+    if usable.n < 2:  # a tau of fewer than two pairs is nan: say so instead of writing it
+        raise ValueError(f"--truth {args.truth!r}: only {usable.n} of the run's {len(scores)} scored architectures "
+                         f"have ground truth and a finite, unflagged score ({usable.n_unmatched} without ground "
+                         f"truth, {usable.n_dropped} dropped); a rank correlation needs at least 2")
     plot = Path(args.plot) if args.plot else run_dir / run_dir.PLOTS / "kendall.png"
     plot.parent.mkdir(parents=True, exist_ok=True)
     rank = scatter_plot(scores, truth, plot, title=f"{config.metric}: {args.score_column}",

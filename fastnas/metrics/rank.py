@@ -319,7 +319,7 @@ def scatter_plot(scores: Mapping[str, float], truth: Mapping[str, float], path: 
     fig = Figure(figsize=(5.0, 4.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(y, x, s=4, alpha=0.5, linewidths=0)
+    ax.scatter(y, x, s=18, alpha=0.6, linewidths=0.5, edgecolors="black")
     ax.set_xlabel("ground-truth accuracy")
     ax.set_ylabel("score")
     stats = f"Kendall tau {result.tau:.3f}, Spearman {result.spearman:.3f}, n={result.n}"

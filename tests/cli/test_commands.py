@@ -148,3 +148,20 @@ def test_kendall_on_a_hand_made_csv(cli, tiny_run, tmp_path):
     assert plot.read_bytes()[:4] == b"\x89PNG"
     r = cli("kendall", "--run", tiny_run, "--truth", truth, "--score-column", "nope")
     assert r.code == 2 and "not a column" in r.err
+
+
+def test_kendall_with_fewer_than_two_matches_is_an_error_and_keeps_the_plot(cli, tiny_run, tmp_path):
+    with open(tiny_run / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    truth = tmp_path / "truth.csv"
+    truth.write_text("arch,test_acc\n" + f"{rows[0]['arch']},0.5\n")  # one architecture only
+    plot = tmp_path / "k.png"
+    plot.write_bytes(b"an earlier plot")
+    r = cli("kendall", "--run", tiny_run, "--truth", truth, "--plot", plot)
+    assert r.code == 2 and "only 1 of the run's" in r.err and "at least 2" in r.err, r.err
+    assert plot.read_bytes() == b"an earlier plot"
+
+
+def test_kendall_names_a_missing_truth_file(cli, tiny_run, tmp_path):
+    r = cli("kendall", "--run", tiny_run, "--truth", tmp_path / "nope.csv")
+    assert r.code == 2 and "--truth" in r.err and "no such file" in r.err and "Errno" not in r.err, r.err
