@@ -236,11 +236,17 @@ def from_tensors(
     top = int(max(ty.max().item(), ey.max().item() if ey.numel() else -1))
     if num_classes is None:
         num_classes = top + 1
-    if int(min(ty.min().item(), ey.min().item() if ey.numel() else 0)) < 0 or top >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range "
-                         f"[{min(ty.min().item(), ey.min().item() if ey.numel() else 0)}, {top}]")
+    low = int(min(ty.min().item(), ey.min().item() if ey.numel() else 0))
+    if low < 0:
+        raise ValueError(f"y: labels must be class indices >= 0, got a minimum of {low}")
+    if top >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{low}, {top}]")
     tx = tx.to(torch.float32) / float(scale)
     ex = ex.to(torch.float32) / float(scale)
+    for what, t in (("x", tx), ("x_test", ex)):
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{what}: {bad} pixel values are not finite (NaN or inf); clean the images first")
     if normalize:
         # float64 accumulation: 60000x28x28 sums in float32 lose ~4 digits.
         mean = tx.to(torch.float64).mean(dim=(0, 2, 3))

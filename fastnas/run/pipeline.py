@@ -163,6 +163,9 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     valid_full = split.search_valid
     if config.limit_train:
         valid_full = _subset(valid_full, config.limit_train, config.seed, "limit-valid")
+    if config.valid_size > valid_full[1].shape[0]:
+        raise ValueError(f"--valid-size {config.valid_size}: the search-validation half of {dataset.name!r} has "
+                         f"only {valid_full[1].shape[0]} images; ask for at most that many (0 uses all of them)")
     valid = _subset(valid_full, config.valid_size, config.seed, "valid-subset")
     recipe = space_recipe(config, space)
     if not resumed:  # which settings the space's recipe decided: recorded in state.json and config.toml

@@ -153,7 +153,7 @@ class Evolution(BatchSearcher):
         self.topk = top_indices(self.history, list(self.topk) + new, self.config.topk)
         self.generation += 1
         best = self.history[self.topk[0]]
-        logger.info("evolution: generation %d/%d scored %d, best %.6g %s", gen + 1, self.config.generations,
+        logger.debug("evolution: generation %d/%d scored %d, best %.6g %s", gen + 1, self.config.generations,
                     len(new), best.score, best.text)
 
     def state_dict(self) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ BAD = {
     "population too small": ["--population", "4", "--topk", "5"],
     "missing config": ["--config", "no/such.toml"],
     "missing truth": ["--truth", "no/such.csv"],
+    "valid-size above the validation half": ["--valid-size", "100000"],
 }
 
 
@@ -114,3 +115,36 @@ def test_not_a_run_directory(cli, tmp_path):
                 ["kendall", "--run", tmp_path, "--truth", tmp_path / "t.csv"]):
         r = cli(*cmd)
         assert r.code == 2 and "not a fastnas run directory" in r.err, r.err
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "negative labels"])
+def test_bad_npz_data_is_refused_at_load(cli, tmp_path, case):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 8, 8)).astype(np.float32)
+    y = np.arange(40) % 4
+    if case == "nan":
+        x[3, 2, 2] = np.nan
+        expect = "not finite"
+    elif case == "inf":
+        x[5, 0, 0] = np.inf
+        expect = "not finite"
+    else:
+        y = y - 5
+        expect = "labels must be class indices >= 0, got a minimum of -5"
+    data = tmp_path / "d.npz"
+    np.savez(data, x=x, y=y)
+    out = tmp_path / "run"
+    r = cli("search", *TINY, "--data", data, "--out", out)
+    _check(r, out)
+    assert expect in r.err, r.err
+
+
+def test_quiet_logs_each_generation_once(tmp_path):
+    from _cli_helpers import run_subprocess
+
+    r = run_subprocess(["search", *TINY, "--out", tmp_path / "run"])
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.err.splitlines() if "generation 1/" in ln]
+    assert len(lines) == 1, lines
