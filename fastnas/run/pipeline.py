@@ -136,6 +136,25 @@ def _subset(pair: Pair, n: int, seed: int, purpose: str) -> Pair:
     return x[idx], y[idx]
 
 
+def _check_limits(config: RunConfig, space: Any) -> None:
+    """``--max-params`` / ``--max-flops`` below every architecture of an enumerable space: an error now.
+
+    Spaces that enumerate (``size()`` up to 100,000 architectures) are checked exactly; for others the
+    searcher reports architectures it cannot place as before.
+    """
+    limits = [(k, kind, getattr(config, k)) for k, kind in (("max_params", "params"), ("max_flops", "flops"))
+              if getattr(config, k) is not None]
+    size = getattr(space, "size", None)
+    n = size() if limits and callable(size) else None
+    if n is None or n > 100_000:
+        return
+    for key, kind, limit in limits:
+        low = min(getattr(space, kind)(a) for a in space.enumerate())
+        if limit < low:
+            raise ValueError(f"--{key.replace('_', '-')} {limit:g}: the smallest architecture of the space "
+                             f"{config.space!r} at this size has {low:g} {kind}, so none fits; raise the limit")
+
+
 def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
     """``create_space`` arguments: the generic size keywords (each space maps them onto its own names)."""
     return {"channels": config.channels, "cells": config.cells, "num_classes": dataset.num_classes,
@@ -158,6 +177,7 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     except ValueError as e:
         raise ValueError(f"space {config.space!r} cannot take {dataset.name!r} "
                          f"({dataset.in_channels}x{dataset.resolution}x{dataset.resolution}): {e}") from None
+    _check_limits(config, space)
     split = split_for_search(dataset, seed=config.seed)
     train = _subset(split.supernet_train, config.limit_train, config.seed, "limit-train")
     valid_full = split.search_valid

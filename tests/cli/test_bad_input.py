@@ -26,6 +26,8 @@ BAD = {
     "missing config": ["--config", "no/such.toml"],
     "missing truth": ["--truth", "no/such.csv"],
     "valid-size above the validation half": ["--valid-size", "100000"],
+    "max-params below every architecture": ["--max-params", "10"],
+    "max-flops below every architecture": ["--max-flops", "0.001"],
 }
 
 
