@@ -320,7 +320,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out("backends:")
     for status in fastnas.backends().values():
         _out(f"  {status}")
-    routes = override_routes()
+    bad_backend = None
+    try:
+        routes = override_routes()
+    except ValueError as e:  # shown as the info line it belongs to; info then exits 2
+        routes, bad_backend = {}, str(e)
+        _out(f"error: {bad_backend}")
     if routes:
         _out(f"FASTNAS_BACKEND={os.environ['FASTNAS_BACKEND'].strip()}: "
              + "; ".join(f"{op} -> {route}" for op, route in routes.items()))
@@ -339,6 +344,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     _out(f"spaces {', '.join(list_spaces())}; datasets {', '.join(list_datasets())}, FILE.npz; "
          f"searchers {', '.join(list_searchers())}")
     _out(f"metrics {', '.join(METRICS)}")
+    if bad_backend is not None:
+        print(f"fastnas: error: {bad_backend}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Dict, Tuple
 
 
-from fastnas.ops._dispatch import all_dispatchers, override_routes
+from fastnas.ops._dispatch import all_dispatchers, check_env_backend, override_routes
 from fastnas.ops.build import NativeBuild, native_build
 from fastnas.ops.fold import FoldSpec, fold_conv_bn
 from fastnas.ops.reduce import loss_correct_
@@ -15,7 +15,7 @@ from fastnas.ops.perturb import (Backup, noise, perturb_, perturbed, perturbed_c
                                  restore_)
 
 __all__ = ["Backup", "BackendStatus", "FoldSpec", "NativeBuild", "ParamLayout", "ParamSlice", "backends", "fold_conv_bn",
-           "loss_correct_", "native_build", "noise", "override_routes", "path_params", "perturb_", "perturbed", "perturbed_copies", "philox_words",
+           "loss_correct_", "native_build", "noise", "override_routes", "check_env_backend", "path_params", "perturb_", "perturbed", "perturbed_copies", "philox_words",
            "restore_"]
 
 

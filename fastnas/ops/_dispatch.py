@@ -101,11 +101,7 @@ class Dispatcher:
         if forced is not None:
             if forced in self.backends:
                 return self._forced(forced, "FASTNAS_BACKEND", device, dtypes, sizes)
-            known = _known_backends()
-            if forced not in known:
-                hint = did_you_mean(forced, sorted(known), n=3)
-                raise ValueError(f"FASTNAS_BACKEND={forced!r} is not a backend of any op; expected one of "
-                                 f"{sorted(known)}{hint}")
+            check_env_backend()
             if (self.op, forced) not in _LOGGED:
                 _LOGGED.add((self.op, forced))
                 logger.info("FASTNAS_BACKEND=%s: %s has no %r backend (it has %s); choosing automatically",
@@ -143,6 +139,18 @@ def _known_backends() -> set:
     return {name for d in _DISPATCHERS for name in d.backends}
 
 
+def check_env_backend() -> None:
+    """Raises ``ValueError`` when ``FASTNAS_BACKEND`` names no backend of any op (a typo, say)."""
+    forced = env_backend()
+    if forced is None:
+        return
+    known = _known_backends()
+    if forced not in known:
+        hint = did_you_mean(forced, sorted(known), n=3)
+        raise ValueError(f"FASTNAS_BACKEND={forced!r} is not a backend of any op; expected one of "
+                         f"{sorted(known)}{hint}")
+
+
 def override_routes() -> Dict[str, str]:
     """How ``FASTNAS_BACKEND`` routes each op: the forced backend's name, or ``"automatic (...)"`` for an
     op that lacks it. Empty when the variable is not set.
@@ -151,8 +159,12 @@ def override_routes() -> Dict[str, str]:
 
         >>> os.environ["FASTNAS_BACKEND"] = "cuda"; override_routes()
         {'perturb': 'cuda', 'fold_conv_bn': 'cuda', 'loss_correct': "automatic (no 'cuda' backend)"}
+
+    Raises:
+        ValueError: ``FASTNAS_BACKEND`` names no backend of any op (:func:`check_env_backend`).
     """
     forced = env_backend()
     if forced is None:
         return {}
+    check_env_backend()
     return {d.op: forced if forced in d.backends else f"automatic (no {forced!r} backend)" for d in _DISPATCHERS}

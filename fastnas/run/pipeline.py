@@ -163,7 +163,10 @@ def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
 
 def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any]) -> Prepared:
     from fastnas.data import load_dataset, split_for_search
+    from fastnas.ops import check_env_backend
     from fastnas.spaces import create_space, list_spaces
+
+    check_env_backend()  # a mistyped FASTNAS_BACKEND fails here, not after the supernet has trained
 
     if config.space not in list_spaces():
         create_space(config.space)  # raises the registry's ValueError with close matches

@@ -150,3 +150,13 @@ def test_quiet_logs_each_generation_once(tmp_path):
     assert r.code == 0, r.err
     lines = [ln for ln in r.err.splitlines() if "generation 1/" in ln]
     assert len(lines) == 1, lines
+
+
+def test_a_mistyped_fastnas_backend_fails_before_any_work(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTNAS_BACKEND", "cpq")
+    out = tmp_path / "run"
+    r = cli("search", *TINY, "--out", out)
+    _check(r, out)
+    assert "FASTNAS_BACKEND='cpq' is not a backend" in r.err and "cpp" in r.err, r.err
+    r = cli("info")
+    assert r.code == 2 and "error: FASTNAS_BACKEND='cpq'" in r.out and "backends:" in r.out
