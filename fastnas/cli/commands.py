@@ -222,7 +222,7 @@ def cmd_kendall(args: argparse.Namespace) -> int:
     if not Path(args.truth).is_file():
         raise ValueError(f"--truth {args.truth!r}: no such file (expected a CSV with an arch and an accuracy "
                          "column, e.g. the table of fastnas groundtruth)")
-    truth = load_ground_truth(args.truth)
+    truth = load_ground_truth(args.truth, arch_column=args.arch_column, acc_column=args.acc_column)
     scores: Dict[str, float] = {}
     flagged = set()
     with open(history, newline="", encoding="utf-8") as fh:

@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "example:\n  fastnas kendall --run runs/exp1 --truth nb201_cifar10.csv\n")
     k.add_argument("--run", metavar="DIR", required=True, help="a run directory with history.csv")
     k.add_argument("--truth", metavar="FILE.csv", required=True, help="ground-truth CSV")
+    k.add_argument("--arch-column", default=None, metavar="NAME",
+                   help="the truth CSV's architecture column (default: found by its name)")
+    k.add_argument("--acc-column", default=None, metavar="NAME",
+                   help="the truth CSV's accuracy column (default: found by its name, e.g. test_accuracy)")
     k.add_argument("--score-column", default="score",
                    help="history.csv column to correlate (default: score; e.g. angle, flatness)")
     k.add_argument("--plot", metavar="FILE.png", default=None, help="scatter plot (default: DIR/plots/kendall.png)")

@@ -195,7 +195,8 @@ def _pick_column(fieldnames: Sequence[str], given: Optional[str], exact: Sequenc
         return fuzzy[0]
     detail = f"several columns contain {stem!r}: {fuzzy}" if fuzzy else f"no column is named like {list(exact)}"
     raise ValueError(f"cannot tell which column of {os.fspath(path)!r} holds the {what.split('_')[0]}: "
-                     f"{detail}; columns are {list(fieldnames)}; pass {what}=...")
+                     f"{detail}; columns are {list(fieldnames)}; name it with {what}=... "
+                     f"(on the command line: --{what.replace('_', '-')} NAME)")
 
 
 def load_ground_truth(csv_path: PathLike, arch_column: Optional[str] = None,

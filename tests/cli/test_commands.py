@@ -165,3 +165,22 @@ def test_kendall_with_fewer_than_two_matches_is_an_error_and_keeps_the_plot(cli,
 def test_kendall_names_a_missing_truth_file(cli, tiny_run, tmp_path):
     r = cli("kendall", "--run", tiny_run, "--truth", tmp_path / "nope.csv")
     assert r.code == 2 and "--truth" in r.err and "no such file" in r.err and "Errno" not in r.err, r.err
+
+
+def test_kendall_columns_by_name(cli, tiny_run, tmp_path):
+    with open(tiny_run / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    truth = tmp_path / "truth.csv"
+    with open(truth, "w", newline="") as fh:  # two accuracy-like columns: ambiguous without a name
+        w = csv.writer(fh)
+        w.writerow(["cell", "acc_a", "acc_b"])
+        for i, row in enumerate(rows):
+            w.writerow([row["arch"], float(row["score"]), -float(row["score"])])
+    r = cli("kendall", "--run", tiny_run, "--truth", truth)
+    assert r.code == 2 and "--arch-column NAME" in r.err, r.err
+    r = cli("kendall", "--run", tiny_run, "--truth", truth, "--arch-column", "cell")
+    assert r.code == 2 and "--acc-column NAME" in r.err and "several columns" in r.err, r.err
+    r = cli("kendall", "--run", tiny_run, "--truth", truth, "--arch-column", "cell", "--acc-column", "acc_b",
+            "--plot", tmp_path / "k.png")
+    assert r.code == 0, r.err
+    assert "Kendall tau -1.0000" in r.out
