@@ -21,6 +21,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from fastnas.cli.parser import UsageError, build_parser
 
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
         if not args.command:
@@ -34,6 +35,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        print("fastnas: interrupted; a run continues with: fastnas search --resume <run directory>",
-              file=sys.stderr, flush=True)
+        hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+        print(f"fastnas: interrupted; {hint}", file=sys.stderr, flush=True)
         return 130
+
+
+#: What to do after Ctrl-C, per command.
+_RESUME_HINT = {
+    "search": "the run continues with: fastnas search --resume <run directory>",
+    "train-supernet": "the training continues with: fastnas train-supernet --resume <run directory>",
+    "retrain": "the retraining continues from its last epoch when the same command runs again",
+    "groundtruth": "the same command continues the table (finished architectures are kept)",
+    "bench": "the same command continues the benchmark (scored architectures are kept)",
+}

@@ -184,3 +184,19 @@ def test_kendall_columns_by_name(cli, tiny_run, tmp_path):
             "--plot", tmp_path / "k.png")
     assert r.code == 0, r.err
     assert "Kendall tau -1.0000" in r.out
+
+
+@pytest.mark.parametrize("command, hint", [("search", "fastnas search --resume"),
+                                           ("groundtruth", "the same command continues the table"),
+                                           ("kendall", "nothing was left half-written")])
+def test_ctrl_c_says_how_to_continue_that_command(cli, monkeypatch, command, hint):
+    from fastnas.cli import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(commands.COMMANDS, command, interrupted)
+    args = {"search": [], "groundtruth": ["--archs", "1", "--out", "x.csv"],
+            "kendall": ["--run", "r", "--truth", "t.csv"]}[command]
+    r = cli(command, *args)
+    assert r.code == 130 and hint in r.err, r.err
