@@ -175,12 +175,15 @@ class RankResult:
         return asdict(self)
 
 
-_ARCH_NAMES = ("arch", "architecture", "arch_str", "arch_string", "genotype")
+#: Names of an architecture column in ground-truth CSVs, in order of preference.
+ARCH_COLUMNS = ("arch", "architecture", "arch_str", "arch_string", "genotype")
 _ACC_NAMES = ("acc", "accuracy", "test_acc", "test_accuracy", "top1", "valid_acc", "val_acc")
 
 
-def _pick_column(fieldnames: Sequence[str], given: Optional[str], exact: Sequence[str], stem: str,
-                 what: str, path: PathLike) -> str:
+def pick_column(fieldnames: Sequence[str], given: Optional[str], exact: Sequence[str], stem: str,
+                what: str, path: PathLike) -> str:
+    """The column of ``fieldnames`` named ``given``, else the first of ``exact`` (case-insensitive), else the
+    only one containing ``stem``; ``ValueError`` naming ``what`` and the columns otherwise."""
     if given is not None:
         if given not in fieldnames:
             raise ValueError(f"{what}={given!r} is not a column of {os.fspath(path)!r}; "
@@ -217,8 +220,8 @@ def load_ground_truth(csv_path: PathLike, arch_column: Optional[str] = None,
         fieldnames = reader.fieldnames
         if not fieldnames:
             raise ValueError(f"csv_path={os.fspath(csv_path)!r} is empty: expected a header row")
-        arch_col = _pick_column(fieldnames, arch_column, _ARCH_NAMES, "arch", "arch_column", csv_path)
-        acc_col = _pick_column(fieldnames, acc_column, _ACC_NAMES, "acc", "acc_column", csv_path)
+        arch_col = pick_column(fieldnames, arch_column, ARCH_COLUMNS, "arch", "arch_column", csv_path)
+        acc_col = pick_column(fieldnames, acc_column, _ACC_NAMES, "acc", "acc_column", csv_path)
         truth: Dict[str, float] = {}
         for line, row in enumerate(reader, start=2):
             text = (row.get(arch_col) or "").strip()

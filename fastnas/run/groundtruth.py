@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from fastnas.data import stratified_split
+from fastnas.search.base import check_int
 from fastnas.seeds import derive_seed
 
 __all__ = ["Recipe", "COLUMNS", "ground_truth", "sample_archs", "read_arch_file", "read_table",
@@ -67,12 +68,6 @@ def arch_seed_of(seed: int, arch_text: str) -> int:
     first 60 bits of the SHA-256 of its text (independent of the order and number of architectures)."""
     h = int(hashlib.sha256(arch_text.encode("utf-8")).hexdigest()[:15], 16)
     return derive_seed(seed, "groundtruth", h)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
-    return value
 
 
 def _check_float(name: str, value: Any, ok: Callable[[float], bool], expectation: str) -> float:
@@ -111,11 +106,11 @@ class Recipe:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        _check_int("epochs", self.epochs, 1)
-        _check_int("train_images", self.train_images, 0)
-        _check_int("valid_images", self.valid_images, 1)
-        _check_int("test_images", self.test_images, 0)
-        _check_int("batch_size", self.batch_size, 1)
+        check_int("epochs", self.epochs, 1)
+        check_int("train_images", self.train_images, 0)
+        check_int("valid_images", self.valid_images, 1)
+        check_int("test_images", self.test_images, 0)
+        check_int("batch_size", self.batch_size, 1)
         for name, ok, exp in (("lr", lambda v: v > 0, "a number > 0"),
                               ("lr_min", lambda v: 0 <= v <= self.lr, f"a number in [0, lr={self.lr!r}]"),
                               ("momentum", lambda v: v >= 0, "a number >= 0"),
@@ -159,7 +154,7 @@ def sample_archs(space: Any, n: int, seed: int = 0) -> List[Any]:
     Raises:
         ValueError: the space has fewer than ``n`` classes (after 200 * n draws).
     """
-    _check_int("n", n, 1)
+    check_int("n", n, 1)
     rng = random.Random(derive_seed(seed, "groundtruth-archs"))
     seen, out = set(), []
     for _ in range(200 * n):
@@ -190,10 +185,10 @@ def read_arch_file(space: Any, path: os.PathLike) -> List[Any]:
     first = lines[0].strip()
     entries: List[Tuple[int, str]]
     if "," in first and not first.startswith("|"):
-        from fastnas.metrics.rank import _ARCH_NAMES, _pick_column
+        from fastnas.metrics.rank import ARCH_COLUMNS, pick_column
 
         reader = csv.DictReader(io.StringIO(text))
-        col = _pick_column(reader.fieldnames or [], None, _ARCH_NAMES, "arch", "arch_column", path)
+        col = pick_column(reader.fieldnames or [], None, ARCH_COLUMNS, "arch", "arch_column", path)
         entries = [(i, (row.get(col) or "").strip()) for i, row in enumerate(reader, start=2)]
     else:
         entries = [(i, ln.strip()) for i, ln in enumerate(lines, start=1)]
@@ -387,8 +382,8 @@ def ground_truth(space: Any, dataset: Any, archs: Iterable[Any], path: os.PathLi
     from fastnas.run.rundir import read_json, write_json_atomic
 
     recipe = (recipe or Recipe()).resolved()
-    _check_int("workers", workers, 1)
-    _check_int("threads", threads, 0)
+    check_int("workers", workers, 1)
+    check_int("threads", threads, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r}: expected an integer")
     path = Path(path)

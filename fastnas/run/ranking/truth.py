@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from fastnas.metrics.rank import ARCH_COLUMNS
+
 __all__ = ["TruthRow", "load_truth"]
 
-_ARCH_COLUMNS = ("arch", "architecture", "arch_str", "arch_string", "genotype")
 _TEST_COLUMNS = ("test_accuracy", "test_acc", "accuracy", "acc", "top1")
 _VALID_COLUMNS = ("valid_accuracy", "valid_acc", "val_accuracy", "val_acc")
 
@@ -88,8 +89,8 @@ def load_truth(path: "os.PathLike[str] | str", space: Any, *, name: str = "truth
         raise ValueError(f"{where} is empty: expected a header row with arch and test_accuracy columns and one "
                          "row per architecture")
     head_line, header = lines[0]
-    arch_i, test_i, valid_i = (_column(header, n) for n in (_ARCH_COLUMNS, _TEST_COLUMNS, _VALID_COLUMNS))
-    for i, what, names in ((arch_i, "architecture", _ARCH_COLUMNS), (test_i, "test accuracy", _TEST_COLUMNS)):
+    arch_i, test_i, valid_i = (_column(header, n) for n in (ARCH_COLUMNS, _TEST_COLUMNS, _VALID_COLUMNS))
+    for i, what, names in ((arch_i, "architecture", ARCH_COLUMNS), (test_i, "test accuracy", _TEST_COLUMNS)):
         if i is None:
             raise ValueError(f"{where}:{head_line}: no {what} column in the header {header}; expected one named "
                              f"{' or '.join(names)}")
