@@ -21,7 +21,8 @@ __version__ = "0.1.0"
 from fastnas import _native  # noqa: F401  (loads fastnas._C once, warns once if it is missing)
 from fastnas.data import load_dataset
 from fastnas.metrics import (FlatnessConfig, FlatnessResult, Metric, MultiSigmaEvaluator, Score, accuracy, angle,
-                             flatness, kendall_tau, make_score_fn, register_score_part, spearman)
+                             flatness, flip_report, kendall_tau, make_score_fn, negative_flip_rate,
+                             register_score_part, relative_nfr, spearman)
 from fastnas.ops import (Backup, BackendStatus, ParamLayout, ParamSlice, backends, noise, path_params, perturb_,
                          perturbed, perturbed_copies, philox_words, restore_)
 from fastnas.search import (EvolutionConfig, SearchConfig, Searcher, create_searcher, evolve, exhaustive,
@@ -35,6 +36,7 @@ __all__ = [
     "perturbed", "perturbed_copies", "philox_words", "restore_",
     "FlatnessConfig", "FlatnessResult", "Metric", "MultiSigmaEvaluator", "Score", "accuracy", "angle", "flatness",
     "kendall_tau", "make_score_fn", "register_score_part", "spearman",
+    "flip_report", "negative_flip_rate", "relative_nfr",
     "DARTS", "NB201", "create_space", "list_spaces",
     "EvolutionConfig", "SearchConfig", "Searcher", "create_searcher", "evolve", "exhaustive", "random_search",
     "run_search",

@@ -11,6 +11,7 @@ from fastnas.metrics.evaluator import (
 )
 from fastnas.metrics.fastcopy import foldable_copy
 from fastnas.metrics.flatness import PRESETS, FlatnessConfig, FlatnessResult, flatness, supernet_flatness
+from fastnas.metrics.flips import FlipReport, flip_report, negative_flip_rate, relative_nfr
 from fastnas.metrics.metric import METRIC_PRESETS, Metric, Term
 from fastnas.metrics.parts import (
     NEEDS, PartContext, ScorePart, get_score_part, list_score_parts, register_score_part,
@@ -24,6 +25,7 @@ __all__ = [
     "MultiSigmaEvaluator", "EvalResult", "NOISE_MODES", "PRECISIONS", "SCOPES", "calibration_batches",
     "foldable_copy", "noise_stream",
     "FlatnessConfig", "FlatnessResult", "flatness", "supernet_flatness", "PRESETS",
+    "FlipReport", "flip_report", "negative_flip_rate", "relative_nfr",
     "RankResult", "kendall_tau", "spearman", "load_ground_truth", "correlate", "scatter_plot",
     "make_score_fn", "ScoreFunction", "METRICS", "DEFAULT_GAMMA", "default_flatness_config",
     "Metric", "Term", "METRIC_PRESETS",
