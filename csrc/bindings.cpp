@@ -128,14 +128,17 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "loss_correct_cpu",
       [](uintptr_t logits, uintptr_t labels, int64_t rows, int64_t classes, int64_t rows_per_slot, int64_t slot0,
-         uintptr_t loss_acc, uintptr_t correct_acc) {
+         uintptr_t loss_acc, uintptr_t correct_acc, uintptr_t ref_correct, uintptr_t flips_acc) {
         py::gil_scoped_release nogil;
         fastnas::cpu::loss_correct(reinterpret_cast<const float*>(logits), reinterpret_cast<const int64_t*>(labels),
                                    rows, classes, rows_per_slot, slot0, reinterpret_cast<double*>(loss_acc),
-                                   reinterpret_cast<int64_t*>(correct_acc));
+                                   reinterpret_cast<int64_t*>(correct_acc),
+                                   reinterpret_cast<const uint8_t*>(ref_correct),
+                                   reinterpret_cast<int64_t*>(flips_acc));
       },
       py::arg("logits"), py::arg("labels"), py::arg("rows"), py::arg("classes"), py::arg("rows_per_slot"),
-      py::arg("slot0"), py::arg("loss_acc"), py::arg("correct_acc"));
+      py::arg("slot0"), py::arg("loss_acc"), py::arg("correct_acc"), py::arg("ref_correct"), py::arg("flips_acc"),
+      "ref_correct and flips_acc: both 0 (no negative flips counted) or both addresses.");
 
   m.def("simd_variant", &fastnas::cpu::simd_variant);
   m.def("set_simd", &fastnas::cpu::set_simd, py::arg("hand_written"),

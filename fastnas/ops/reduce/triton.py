@@ -1,6 +1,8 @@
-"""Triton backend of the loss/correct reduction: one program per block of rows, atomics per slot.
+"""Triton backend of the loss/correct/negative-flip reduction: one program per block of rows, atomics per slot.
 
-Traffic: read the logits once. Runs on CPU under ``TRITON_INTERPRET=1`` (slowly).
+Traffic: read the logits once (a label and, with flips, a reference byte per row); atomic adds per row
+into the slot accumulators. Without flips the ``FLIPS`` constexpr compiles the flip code out. Runs on
+CPU under ``TRITON_INTERPRET=1`` (slowly).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ def limits(sizes) -> list[str]:
 if triton is not None:
 
     @triton.jit
-    def _loss_correct_kernel(logits_ptr, labels_ptr, loss_ptr, correct_ptr, rows, classes, rows_per_slot, slot0,
-                             BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    def _loss_correct_kernel(logits_ptr, labels_ptr, loss_ptr, correct_ptr, ref_ptr, flips_ptr, rows, classes,
+                             rows_per_slot, slot0, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                             FLIPS: tl.constexpr):
+        # ref_ptr: uint8 (rows_per_slot,), flips_ptr: int64 per slot; read only when FLIPS.
         pid = tl.program_id(0).to(tl.int64)
         r = pid * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
         c = tl.arange(0, BLOCK_C)
@@ -48,10 +52,14 @@ if triton is not None:
         slot = slot0 + r // rows_per_slot
         tl.atomic_add(loss_ptr + slot, (lse - zy).to(tl.float64), mask=row_ok)
         tl.atomic_add(correct_ptr + slot, (best == y).to(tl.int64), mask=row_ok)
+        if FLIPS:  # a negative flip: the reference was right and this row is wrong
+            ref = tl.load(ref_ptr + r % rows_per_slot, mask=row_ok, other=0)
+            tl.atomic_add(flips_ptr + slot, ((ref != 0) & (best != y)).to(tl.int64), mask=row_ok)
 
 
 def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Tensor, correct_acc: torch.Tensor,
-                  slot0: int, rows_per_slot: int) -> None:
+                  slot0: int, rows_per_slot: int, ref_correct: torch.Tensor | None = None,
+                  flips_acc: torch.Tensor | None = None) -> None:
     rows, classes = logits.shape
     if rows == 0:
         return
@@ -61,6 +69,12 @@ def loss_correct_(logits: torch.Tensor, labels: torch.Tensor, loss_acc: torch.Te
     if logits.dtype != torch.float32 or labels.dtype != torch.int64:
         raise NotImplementedError(f"triton loss_correct: expected float32 logits and int64 labels, got "
                                   f"{logits.dtype} and {labels.dtype}")
+    flips = flips_acc is not None
+    if flips and ref_correct.dtype != torch.uint8:
+        ref_correct = ref_correct.view(torch.uint8)  # a bool tensor's bytes are 0/1
     block_c = triton.next_power_of_2(classes)
+    # Without flips the two pointers are placeholders (correct_acc) the compiled kernel never touches.
     _loss_correct_kernel[(triton.cdiv(rows, _ROWS),)](
-        logits, labels, loss_acc, correct_acc, rows, classes, rows_per_slot, slot0, BLOCK_R=_ROWS, BLOCK_C=block_c)
+        logits, labels, loss_acc, correct_acc, ref_correct if flips else correct_acc,
+        flips_acc if flips else correct_acc, rows, classes, rows_per_slot, slot0, BLOCK_R=_ROWS, BLOCK_C=block_c,
+        FLIPS=flips)
