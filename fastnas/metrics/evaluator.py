@@ -52,7 +52,7 @@ import numbers
 import pickle
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +129,9 @@ class EvalResult:
         accuracies: ``accuracies[i][s]``: top-1 fraction at level ``i``, sample ``s``.
         n: validation samples.
         clean_loss, clean_accuracy: unperturbed loss and top-1 (``None`` unless asked for).
+        nfrs: ``nfrs[i][s]``: negative flip rate against the reference at level ``i``, sample ``s``
+            (empty unless a reference is set: :meth:`MultiSigmaEvaluator.set_reference`).
+        clean_nfr: the unperturbed negative flip rate (``None`` unless asked for with a reference set).
     """
 
     sigmas: Tuple[float, ...]
@@ -137,6 +140,8 @@ class EvalResult:
     n: int
     clean_loss: Optional[float] = None
     clean_accuracy: Optional[float] = None
+    nfrs: Tuple[Tuple[float, ...], ...] = ()
+    clean_nfr: Optional[float] = None
 
     @property
     def mean_losses(self) -> Tuple[float, ...]:
@@ -382,6 +387,8 @@ class MultiSigmaEvaluator:
         self._x_fast = x.contiguous(memory_format=torch.channels_last) if self.channels_last else self._x_plain
         self._y = valid_y.to(self.device, torch.long)
         self._labels_checked = False  # the label range is checked by the first reduction only (one sync)
+        self._ref_correct: Optional[torch.Tensor] = None  # (n,) bool: samples the reference gets right
+        self._flips: Optional[torch.Tensor] = None  # (slots,) int64 during one evaluation with a reference
         calib = valid_x if calib_x is None else calib_x
         self._calib = [b.to(self.device, torch.float32).contiguous()
                        for b in calibration_batches(calib, self.bn_batches, self.bn_batch_size, bn_seed)]
@@ -643,17 +650,24 @@ class MultiSigmaEvaluator:
     # ---- evaluation
 
     def _accumulate(self, logits: torch.Tensor, yb: torch.Tensor, acc: torch.Tensor, correct: torch.Tensor,
-                    k: int) -> None:
+                    k: int, start: int = 0) -> None:
         """Adds the loss sum and correct count of ``logits`` ``(B, classes)`` or ``(K, B, classes)`` (slots
-        ``k ..``) on the device: the fused reduction kernel for the default cross-entropy."""
+        ``k ..``; the batch begins at validation sample ``start``) on the device: the fused reduction kernel
+        for the default cross-entropy, which also counts negative flips when a reference is set."""
+        flips = self._flips
+        ref = None if flips is None else self._ref_correct[start:start + yb.shape[0]]
         if self.criterion is None and logits.dim() in (2, 3):
             # The labels never change: check their range once, not with a host sync per batch.
-            loss_correct_(logits, yb, acc, correct, slot=k, check_labels=not self._labels_checked)
+            loss_correct_(logits, yb, acc, correct, slot=k, check_labels=not self._labels_checked,
+                          ref_correct=ref, flips_acc=flips)
             self._labels_checked = True
             return
         for j, lg in enumerate(logits if logits.dim() == 3 else logits[None]):
             acc[k + j] += self._loss_sum(lg, yb).double()
-            correct[k + j] += (lg.argmax(1) == yb).sum()
+            right = lg.argmax(1) == yb
+            correct[k + j] += right.sum()
+            if flips is not None:
+                flips[k + j] += (ref & ~right).sum()
 
     def _pass(self, forward: Callable, x_all: torch.Tensor, acc: torch.Tensor, correct: torch.Tensor,
               k: int) -> None:
@@ -665,7 +679,7 @@ class MultiSigmaEvaluator:
             for start in range(0, self.n, bs):
                 xb = x_all[start:start + bs]
                 yb = self._y[start:start + bs]
-                self._accumulate(forward(xb), yb, acc, correct, k)
+                self._accumulate(forward(xb), yb, acc, correct, k, start)
 
     def evaluate(self, arch: Any = None, *, clean: bool = False, perturbed: bool = True) -> EvalResult:
         """Losses at every (level, sample) (and, with ``clean``, unperturbed) of ``arch`` (or the model).
@@ -686,12 +700,13 @@ class MultiSigmaEvaluator:
             x_all = self._x_fast if prep.channels_last else self._x_plain
             acc = torch.zeros(max(slots, 1), dtype=torch.float64, device=self.device)
             correct = torch.zeros(max(slots, 1), dtype=torch.int64, device=self.device)
+            stack.enter_context(self._counting_flips(max(slots, 1)))
             prep.refresh()
             if clean:
                 self._pass(prep.forward, x_all, acc, correct, runs)
             if runs:
                 self._perturbed_passes(prep, x_all, acc, correct)
-            sums, counts = acc.tolist(), correct.tolist()  # the one host sync
+            sums, counts, flips = self._read(acc, correct)  # the one host sync
         self.evaluations += 1
         self._last = {"path": prep.path, "route_reason": prep.reason, "folded_bn": prep.folded,
                       "channels_last": prep.channels_last, "perturbed_tensors": len(prep.targets),
@@ -700,7 +715,74 @@ class MultiSigmaEvaluator:
         losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         return EvalResult(self.sigmas if perturbed else (), losses, accs, n,
-                          sums[runs] / n if clean else None, counts[runs] / n if clean else None)
+                          sums[runs] / n if clean else None, counts[runs] / n if clean else None,
+                          *self._nfrs(flips, levels, runs, clean))
+
+    # ---- negative flips against a reference
+
+    def set_reference(self, correct: Optional[torch.Tensor]) -> None:
+        """Counts negative flips from now on: ``correct`` (bool ``(n,)``) marks the validation samples a
+        reference model classifies correctly; each evaluation then reports, per slot, the fraction of
+        samples the reference gets right and the candidate wrong (``EvalResult.nfrs``, ``clean_nfr``),
+        counted in the same reduction as the loss. ``None`` stops counting."""
+        if correct is None:
+            self._ref_correct = None
+            return
+        if not isinstance(correct, torch.Tensor) or correct.dim() != 1 or correct.shape[0] != self.n:
+            shape = tuple(correct.shape) if isinstance(correct, torch.Tensor) else type(correct).__name__
+            raise ValueError(f"reference: expected a bool tensor of shape ({self.n},) (one entry per validation "
+                             f"sample), got {shape}")
+        if correct.dtype != torch.bool:
+            raise ValueError(f"reference: expected dtype torch.bool, got {correct.dtype}")
+        self._ref_correct = correct.to(self.device).contiguous()
+
+    def predictions(self, arch: Any = None) -> torch.Tensor:
+        """The predicted labels ``(n,)`` (int64, on the device) of the unperturbed ``arch`` (or the model)
+        on the validation set, after the same BatchNorm recalibration as :meth:`evaluate`."""
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            prep = self._prepare(arch, stack, "predictions of a reference")
+            x_all = self._x_fast if prep.channels_last else self._x_plain
+            prep.refresh()
+            out = torch.empty(self.n, dtype=torch.long, device=self.device)
+            autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                        else contextlib.nullcontext())
+            with torch.inference_mode(), autocast:
+                for start in range(0, self.n, self.batch_size):
+                    logits = prep.forward(x_all[start:start + self.batch_size])
+                    out[start:start + logits.shape[0]] = logits.argmax(1)
+        return out
+
+    def reference_correct(self, arch: Any = None) -> torch.Tensor:
+        """``predictions(arch) == labels``: the mask :meth:`set_reference` takes."""
+        return self.predictions(arch) == self._y
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The validation labels ``(n,)`` (int64, on the device)."""
+        return self._y
+
+    @contextlib.contextmanager
+    def _counting_flips(self, slots: int) -> Iterator[None]:
+        self._flips = (None if self._ref_correct is None
+                       else torch.zeros(slots, dtype=torch.int64, device=self.device))
+        try:
+            yield
+        finally:
+            self._flips = None
+
+    def _read(self, acc: torch.Tensor, correct: torch.Tensor) -> Tuple[list, list, Optional[list]]:
+        if self._flips is None:
+            return acc.tolist(), correct.tolist(), None
+        both = torch.cat([correct, self._flips]).tolist()
+        return acc.tolist(), both[:correct.shape[0]], both[correct.shape[0]:]
+
+    def _nfrs(self, flips: Optional[list], levels: int, runs: int, clean: bool
+              ) -> Tuple[Tuple[Tuple[float, ...], ...], Optional[float]]:
+        if flips is None:
+            return (), None
+        n = self.n
+        per = tuple(tuple(flips[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
+        return per, (flips[runs] / n if clean else None)
 
     # ---- batched route: K perturbed copies in one mixed-op pass
 
@@ -743,13 +825,14 @@ class MultiSigmaEvaluator:
             plan = batched.prepare([arch] * len(weights), weights)
             acc = torch.zeros(len(weights), dtype=torch.float64, device=self.device)
             correct = torch.zeros(len(weights), dtype=torch.int64, device=self.device)
+            stack.enter_context(self._counting_flips(len(weights)))
             autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                         else contextlib.nullcontext())
             with torch.inference_mode(), autocast:
                 for start in range(0, self.n, self.batch_size):
                     xb, yb = self._x_plain[start:start + self.batch_size], self._y[start:start + self.batch_size]
-                    self._accumulate(batched.forward(plan, xb), yb, acc, correct, 0)  # logits (K, B, classes)
-            sums, counts = acc.tolist(), correct.tolist()  # the one host sync
+                    self._accumulate(batched.forward(plan, xb), yb, acc, correct, 0, start)  # (K, B, classes)
+            sums, counts, flips = self._read(acc, correct)  # the one host sync
         self.evaluations += 1
         self._last = {"path": "batched", "route_reason": reason, "folded_bn": 0, "channels_last": False,
                       "perturbed_tensors": len(names)}
@@ -757,7 +840,7 @@ class MultiSigmaEvaluator:
         losses = tuple(tuple(sums[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         accs = tuple(tuple(counts[i * self.samples + s] / n for s in range(self.samples)) for i in range(levels))
         return EvalResult(self.sigmas, losses, accs, n, sums[runs] / n if clean else None,
-                          counts[runs] / n if clean else None)
+                          counts[runs] / n if clean else None, *self._nfrs(flips, levels, runs, clean))
 
     def _perturbed_passes(self, prep: _Prepared, x_all: torch.Tensor, acc: torch.Tensor,
                           correct: torch.Tensor) -> None:

@@ -20,6 +20,8 @@ Presets (:data:`METRIC_PRESETS`), values unchanged from the named metrics of ear
 ``angle+flatness``    ``angle + gamma/sigma1 * flatness`` (``gamma = 16``, the GeNAS README)
 ``accuracy+flatness`` ``accuracy + gamma/sigma1 * flatness`` (``gamma = 16``)
 ``angle+accuracy``    ``angle + gamma * accuracy`` (``gamma = 1``)
+``R0``, ``R1``, ``R2`` REG-NAS rewards ``lambda1 * accuracy - lambda2 * nfr`` with ``(lambda1, lambda2)`` =
+                      (1, 0), (0, 1), (1, 1); ``nfr`` needs a reference (``make_score_fn(reference=)``)
 ==================== ==========================================================================
 
 The weight marked ``mixing`` (the presets' ``gamma``) is the one ``make_score_fn(gamma=...)`` sets.
@@ -283,6 +285,10 @@ METRIC_PRESETS: Dict[str, Metric] = {m.name: m for m in (
     _preset("angle+flatness", Term(1.0, "angle"), Term(16.0, "flatness", "per_sigma1", mixing=True)),
     _preset("accuracy+flatness", Term(1.0, "accuracy"), Term(16.0, "flatness", "per_sigma1", mixing=True)),
     _preset("angle+accuracy", Term(1.0, "angle"), Term(1.0, "accuracy", mixing=True)),
+    # REG-NAS rewards lambda1 * top1 - lambda2 * NFR against a reference member (both fractions)
+    _preset("R0", Term(1.0, "accuracy")),
+    _preset("R1", Term(-1.0, "nfr")),
+    _preset("R2", Term(1.0, "accuracy"), Term(-1.0, "nfr")),
 )}
 #: The preset names.
 METRICS: Tuple[str, ...] = tuple(METRIC_PRESETS)

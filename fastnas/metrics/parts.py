@@ -7,6 +7,7 @@ function runs once for all parts of a metric. What a part may need (``needs``):
 ``"clean"``         the unperturbed evaluation (``EvalResult.clean_loss``/``clean_accuracy``)
 ``"perturbed"``     the losses at every noise level (``EvalResult.losses``, ``sigmas``)
 ``"initial_state"`` the supernet's weights before training (an :class:`AngleScorer` over them)
+``"reference"``     a reference model's per-sample correctness (negative flips are counted against it)
 ================== ===========================================================================
 
 Built-in parts:
@@ -17,6 +18,8 @@ Built-in parts:
 ``angle``           initial      ``acos(cos(v_0, v_T)) / pi`` of the path (RLNAS, as in GeNAS)
 ``flatness``        perturbed    GeNAS ``F`` (also reports ``loss@<sigma>`` for every level)
 ``loss@<sigma>``    perturbed    the mean loss at one level, e.g. ``loss@0.01``
+``nfr``             clean,       negative flip rate against the reference (also reports ``rel_nfr``)
+                    reference
 ================== ============ ==============================================================
 
 A new part is one function and its registration::
@@ -45,7 +48,7 @@ __all__ = ["NEEDS", "PartContext", "ScorePart", "register_score_part", "list_sco
            "check_part_name"]
 
 #: What a part can need from the per-candidate evaluation.
-NEEDS: Tuple[str, ...] = ("clean", "perturbed", "initial_state")
+NEEDS: Tuple[str, ...] = ("clean", "perturbed", "initial_state", "reference")
 
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 #: A part name: an identifier, optionally ``@`` and an argument (a number or an identifier).
@@ -66,12 +69,15 @@ class PartContext:
             perturbed values the metric needs), or ``None``.
         angle_scorer: an :class:`~fastnas.metrics.angle.AngleScorer` over the initial weights (``None``
             unless a part needs ``"initial_state"``).
+        reference_error: the reference's error rate on the validation set (``None`` unless a part needs
+            ``"reference"``); the evaluation's ``nfrs``/``clean_nfr`` are counted against it.
     """
 
     arch: Any
     config: Any = None
     result: Any = None
     angle_scorer: Any = None
+    reference_error: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -257,6 +263,16 @@ def _angle(ctx: PartContext) -> float:
 def _flatness(ctx: PartContext) -> Dict[str, Any]:
     """GeNAS flatness F of the losses at every level; also reports loss@<sigma> per level."""
     return result_from_eval(ctx.result, ctx.config.alpha, ctx.config.eps).parts()
+
+
+@register_score_part("nfr", needs=("clean", "reference"))
+def _nfr(ctx: PartContext) -> Dict[str, Any]:
+    """Negative flip rate: the fraction of validation samples the reference gets right and the candidate
+    wrong (REG-NAS; lower is better: use a negative weight); also reports ``rel_nfr`` = NFR /
+    ((1 - ER_ref) * ER_new), NaN-free: 0 when the candidate makes no error."""
+    nfr = ctx.result.clean_nfr
+    denom = (1.0 - ctx.reference_error) * (1.0 - ctx.result.clean_accuracy)
+    return {"nfr": nfr, "rel_nfr": nfr / denom if denom > 0 else 0.0}
 
 
 def _canonical_sigma(arg: str) -> str:

@@ -10,6 +10,7 @@ registered in :mod:`fastnas.metrics.parts`). Presets, by name (higher is better)
 ``angle+flatness``    ``angle + gamma * F / sigma_1`` (GeNAS; default ``gamma = 16``, its README)
 ``accuracy+flatness`` ``accuracy + gamma * F / sigma_1`` (default ``gamma = 16``, as for the angle)
 ``angle+accuracy``    ``angle + gamma * accuracy`` (default ``gamma = 1``)
+``R0``/``R1``/``R2``  REG-NAS: ``accuracy``, ``-nfr``, ``accuracy - nfr`` (``nfr`` against ``reference``)
 ==================== ==========================================================================
 
 and any formula, e.g. ``"angle + 8/sigma1*flatness"`` or ``"1*accuracy - 0.5*loss"``.
@@ -70,6 +71,38 @@ class ScoreFunction:
         self.cache: Optional[Dict[Any, Score]] = {} if cache else None
         self.evaluations = 0
         self.calls = 0
+        self.reference_key: Optional[str] = None  # a hash of the reference's per-sample correctness
+        self.reference_error: Optional[float] = None
+
+    def set_reference(self, reference: Any) -> None:
+        """The reference negative flips are counted against (a metric with ``nfr``).
+
+        Args:
+            reference: an architecture of the supernet (its predictions after the same BatchNorm
+                recalibration as a candidate's), or its predictions on the validation set: labels
+                ``(n,)`` or logits ``(n, C)``.
+
+        The reference's per-sample correctness is computed once here; a hash of it is part of the cache
+        key, so scores against another reference are never mixed up.
+        """
+        import hashlib
+
+        from fastnas.metrics.flips import predicted_labels
+
+        if "reference" not in self.needs:
+            raise ValueError(f"reference: metric {str(self.metric)!r} has no part that uses a reference "
+                             "(e.g. nfr)")
+        ev = self.evaluator
+        if isinstance(reference, torch.Tensor) or hasattr(reference, "__array__"):  # predictions
+            labels = predicted_labels("reference", reference, ev.n).to(ev.device)
+            correct = labels == ev.labels
+        else:
+            arch = self.space.validate(reference) if self.space is not None else reference
+            correct = ev.reference_correct(arch)
+        ev.set_reference(correct)
+        packed = correct.to(torch.uint8).cpu().numpy().tobytes()
+        self.reference_key = hashlib.sha256(packed).hexdigest()[:16]
+        self.reference_error = 1.0 - float(correct.sum()) / ev.n
 
     @property
     def parts(self) -> Tuple[str, ...]:
@@ -84,22 +117,30 @@ class ScoreFunction:
     def _key(self, arch: Any) -> Any:
         return self.space.validate(arch) if self.space is not None else arch
 
+    def _cache_key(self, arch: Any) -> Any:
+        return (arch, self.reference_key) if "reference" in self.needs else arch
+
     def __call__(self, arch: Any) -> Score:
         self.calls += 1
         key = self._key(arch)
-        if self.cache is not None and key in self.cache:
-            return self.cache[key]
+        ckey = self._cache_key(key)
+        if self.cache is not None and ckey in self.cache:
+            return self.cache[ckey]
+        if "reference" in self.needs and self.reference_key is None:
+            raise ValueError(f"reference: metric {str(self.metric)!r} counts negative flips, but no reference "
+                             "is set (make_score_fn(reference=...) or set_reference)")
         score = self._score(key)
         self.evaluations += 1
         if self.cache is not None:
-            self.cache[key] = score
+            self.cache[ckey] = score
         return score
 
     def context(self, arch: Any) -> PartContext:
         """The evaluation of ``arch`` its parts are computed from (one evaluator pass at most)."""
         clean, perturbed = "clean" in self.needs, "perturbed" in self.needs
         result = self.evaluator.evaluate(arch, clean=clean, perturbed=perturbed) if clean or perturbed else None
-        return PartContext(arch=arch, config=self.flatness_config, result=result, angle_scorer=self._angle)
+        return PartContext(arch=arch, config=self.flatness_config, result=result, angle_scorer=self._angle,
+                           reference_error=self.reference_error)
 
     def _score(self, arch: Any) -> Score:
         ctx = self.context(arch)
@@ -144,7 +185,8 @@ def make_score_fn(metric: Union[str, Metric], supernet: nn.Module, space: Any = 
                   flatness_config: Optional[FlatnessConfig] = None, gamma: Optional[float] = None,
                   cache: bool = True, device=None, bn_batches: Optional[int] = None,
                   bn_batch_size: Optional[int] = None, bn_mode: Optional[str] = None,
-                  batch_size: Optional[int] = None, precision: Optional[str] = None) -> ScoreFunction:
+                  batch_size: Optional[int] = None, precision: Optional[str] = None,
+                  reference: Any = None) -> ScoreFunction:
     """A score function ``arch -> Score`` for the search.
 
     Args:
@@ -163,6 +205,9 @@ def make_score_fn(metric: Union[str, Metric], supernet: nn.Module, space: Any = 
         cache: remember each architecture's score.
         device: where to evaluate (default: the supernet's device).
         bn_batches, bn_batch_size, bn_mode, batch_size, precision: override ``flatness_config``'s.
+        reference: for a metric with ``nfr`` (REG-NAS's ``R1``, ``R2``, ``"accuracy - 2*nfr"``): the
+            reference architecture of the supernet, or its predictions on ``valid`` (labels or logits);
+            see :meth:`ScoreFunction.set_reference`.
 
     Raises:
         ValueError: an unknown metric or part (with the registered ones), a missing input a part needs,
@@ -180,6 +225,11 @@ def make_score_fn(metric: Union[str, Metric], supernet: nn.Module, space: Any = 
             raise ValueError(f"initial_state: metric {name!r} needs the supernet's weights before training "
                              "(TrainResult.initial_state or the supernet_init.pt checkpoint)")
         angle_scorer = AngleScorer(supernet, initial_state, normalize=True)
+    if "reference" in needs and reference is None:
+        raise ValueError(f"reference: metric {name!r} counts negative flips against a reference; pass "
+                         "reference= (an architecture of the supernet, or its predictions on valid)")
+    if "reference" not in needs and reference is not None:
+        raise ValueError(f"reference: metric {name!r} has no part that uses a reference (e.g. nfr)")
     evaluator = None
     cfg = flatness_config
     evaluate = "clean" in needs or "perturbed" in needs
@@ -207,4 +257,7 @@ def make_score_fn(metric: Union[str, Metric], supernet: nn.Module, space: Any = 
             noise=cfg.noise, seed=cfg.seed, precision=cfg.precision, batch_size=cfg.batch_size, device=device,
             calib_x=calib_x, bn_batches=cfg.bn_batches, bn_batch_size=cfg.bn_batch_size, bn_mode=cfg.bn_mode,
             scope=cfg.scope)
-    return ScoreFunction(metric, space, angle_scorer, evaluator, cfg, cache)
+    fn = ScoreFunction(metric, space, angle_scorer, evaluator, cfg, cache)
+    if reference is not None:
+        fn.set_reference(reference)
+    return fn

@@ -46,7 +46,10 @@ def _metrics() -> Tuple[str, ...]:
 def _check_metric(text: str) -> None:
     from fastnas.metrics import Metric
 
-    Metric.parse(text)  # its ValueError names the metric and the registered parts
+    metric = Metric.parse(text)  # its ValueError names the metric and the registered parts
+    if "reference" in metric.needs:
+        raise ValueError(f"--metric {text!r} counts negative flips against a reference model, which a "
+                         "single-architecture search does not have; use a metric without nfr (R0 is accuracy)")
 
 
 def _searchers() -> List[str]:

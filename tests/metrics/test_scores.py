@@ -122,8 +122,8 @@ def test_part_checks_and_gamma_errors(setup):
         _fn(setup, "loss@0.5")
     with pytest.raises(ValueError, match="has no mixing weight"):
         _fn(setup, "angle + 2*accuracy", gamma=3.0)
-    with pytest.raises(ValueError, match="unknown score part 'nfr'; registered parts"):
-        _fn(setup, "1*accuracy - 1*nfr")
+    with pytest.raises(ValueError, match="unknown score part 'top5'; registered parts"):
+        _fn(setup, "1*accuracy - 1*top5")
     assert _fn(setup, "angle", gamma=3.0)(ARCH).value == _fn(setup, "angle")(ARCH).value  # nothing to mix
 
 
