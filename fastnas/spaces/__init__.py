@@ -9,10 +9,11 @@ from fastnas.spaces.base import (
     BatchedForward, CellGraph, CellwiseArch, Presets, Space, Supernet, create_space, list_spaces, recalibrate_bn, register_space,
 )
 from fastnas.spaces.darts import DARTS
+from fastnas.spaces.elastic_resnet import ElasticResNet
 from fastnas.spaces.nb201 import NB201
 
 #: The space a run searches when none is named (the no-option ``fastnas search``).
 DEFAULT_SPACE = "nb201"
 
-__all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "NB201", "Presets", "Space",
+__all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "ElasticResNet", "NB201", "Presets", "Space",
            "Supernet", "create_space", "list_spaces", "recalibrate_bn", "register_space"]
