@@ -301,10 +301,11 @@ def cmd_groundtruth(args: argparse.Namespace) -> int:
 
 
 def _space_for_texts(config: Any) -> Any:
-    """The run's space, for parsing texts only (shape-dependent sizes do not matter here)."""
+    """The run's space, for parsing texts only: its channels and cells as the run's (an elastic space's
+    texts name channel counts); the data-dependent sizes do not matter here."""
     from fastnas.spaces import create_space
 
-    return create_space(config.space)
+    return create_space(config.space, channels=config.channels, cells=config.cells)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
