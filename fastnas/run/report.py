@@ -181,6 +181,7 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
         "retrain": run.retrain_result,
         "topk": [r.to_dict() for r in result.topk],
         "search": {"searcher": c.searcher, "metric": c.metric, "n_scored": len(records),
+                   "equivalent_proposals": result.equivalent,
                    "generations": result.generations, "exhausted": result.exhausted},
         "supernet": tr.to_dict() if tr is not None else None,
         "kendall": kendall,
@@ -233,6 +234,8 @@ def summary_lines(result: Mapping[str, Any], run_path: str) -> List[str]:
                      f"{100 * result['test_accuracy']:.2f}%")
     s = result["search"]
     lines.append(f"searched {s['n_scored']} candidates ({s['searcher']}, {s['generations']} generation(s))")
+    if s.get("equivalent_proposals"):
+        lines.append(f"skipped {s['equivalent_proposals']} proposals equivalent to scored architectures")
     if result.get("kendall"):
         k = result["kendall"]
         lines.append(f"Kendall tau {k['tau']:.3f}, Spearman {k['spearman']:.3f} (n={k['n']})")
