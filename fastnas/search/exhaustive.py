@@ -59,7 +59,8 @@ class ExhaustiveConfig:
 
 
 class ExhaustiveSearch(BatchSearcher):
-    """Every admissible architecture once, in enumeration order, as a :class:`~fastnas.search.base.Searcher`.
+    """Every admissible class of equivalent architectures once, in enumeration order, as a
+    :class:`~fastnas.search.base.Searcher`.
 
     Attributes:
         config: the settings.
