@@ -330,7 +330,7 @@ def _train_one(space: Any, arch_text: str, dataset: Any, idx: Tuple[Any, Any, An
                       fill=dataset.pad_fill, seed=arch_seed,
                       valid=(dataset.train_x[va], dataset.train_y[va]))
     return {"arch": arch_text, "test_accuracy": float(out["test_accuracy"]), "valid_accuracy": float(out["valid_accuracy"]),
-            "params": int(space.params(arch)), "flops": float(space.flops(arch)),
+            "params": int(out["params"]), "flops": float(space.flops(arch)),  # the retrained build(arch)
             "seconds": time.perf_counter() - t0, "seed": arch_seed, "epochs": recipe.epochs,
             "train_images": int(tr.numel())}
 

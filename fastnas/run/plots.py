@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["plot_search_progress", "plot_loss_vs_sigma", "plot_cell", "sigma_losses", "plot_tau_vs_seconds",
-           "plot_tau_bars"]
+__all__ = ["plot_search_progress", "plot_loss_vs_sigma", "loss_vs_sigma_series", "SigmaSeries", "plot_cell",
+           "cell_layout", "edge_labels", "sigma_losses", "plot_tau_vs_seconds", "plot_tau_bars"]
 
 # One colour per op family, so the same op looks the same in every cell drawing.
 _OP_COLOURS = {"conv": "#1f77b4", "sep": "#1f77b4", "dil": "#9467bd", "pool": "#2ca02c", "skip": "#7f7f7f",
@@ -106,21 +107,108 @@ def sigma_losses(parts: Mapping[str, Any], sigmas: Sequence[float]) -> Optional[
     return None
 
 
-def plot_loss_vs_sigma(rows: Sequence[Tuple[str, List[float]]], sigmas: Sequence[float],
-                       path: "os.PathLike[str] | str", title: str = "") -> None:
-    """Validation loss against perturbation level for a few candidates (``rows``: label, losses)."""
-    fig = _figure(6.0, 3.8)
-    ax = fig.add_subplot(1, 1, 1)
-    for label, losses in rows:
-        ax.plot(list(sigmas), losses, "o-", label=label if len(label) <= 48 else label[:45] + "...")
-    ax.set_xscale("log")
-    ax.set_xlabel("sigma (perturbation std)")
-    ax.set_ylabel("validation loss")
+@dataclass(frozen=True)
+class SigmaSeries:
+    """One curve of ``loss_vs_sigma.png``: a top-k candidate and its loss at each perturbation level.
+
+    Attributes:
+        rank: its place in the search's top-k (1 = the found architecture), as in ``result.json``'s ``topk``.
+        text: its architecture text (in full: the plot lists it under the axes).
+        score: its score.
+        losses: the validation loss at each sigma.
+    """
+
+    rank: int
+    text: str
+    score: float
+    losses: Tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        """The legend entry: short and unique (the rank), the full text is listed under the axes."""
+        return f"#{self.rank}  score {self.score:.4g}"
+
+
+def loss_vs_sigma_series(topk: Sequence[Any], sigmas: Sequence[float], n: int = 5) -> List[SigmaSeries]:
+    """The curves ``loss_vs_sigma.png`` draws: the first ``n`` records of the search's top-k (the order of
+    ``result.json``'s ``topk``) whose score parts hold one loss per sigma (records without are left out).
+
+    ``topk``: records with ``text``, ``score`` and ``parts`` (:class:`~fastnas.search.SearchRecord`).
+    """
+    out = []
+    for rank, r in enumerate(list(topk)[:n], start=1):
+        losses = sigma_losses(r.parts, sigmas)
+        if losses is not None:
+            out.append(SigmaSeries(rank, r.text, float(r.score), tuple(losses)))
+    return out
+
+
+# Distinct marker, line style and a small horizontal offset per curve, so that curves with equal values
+# (equal or nearly equal candidates) stay visible on top of each other.
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (8, 2)))
+
+
+def _wrap(text: str, width: int) -> List[str]:
+    """``text`` cut into lines of at most ``width`` characters, preferring breaks after ``|``, ``,`` or ``+``."""
+    lines, rest = [], text
+    while len(rest) > width:
+        cut = max(rest.rfind(ch, 0, width) for ch in "|,+ ")
+        cut = cut + 1 if cut > width // 2 else width
+        lines.append(rest[:cut])
+        rest = rest[cut:].lstrip()
+    return lines + [rest]
+
+
+def plot_loss_vs_sigma(series: Sequence[SigmaSeries], sigmas: Sequence[float], path: "os.PathLike[str] | str",
+                       title: str = "") -> Any:
+    """Validation loss against perturbation level for the top candidates (``series``, from
+    :func:`loss_vs_sigma_series`): a short legend (rank and score) beside the axes and the full
+    architecture texts listed under them, so no two candidates look alike. Returns the figure."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    width_chars = 110
+    listing = []
+    for s in series:
+        wrapped = _wrap(s.text, width_chars - 5)
+        listing.append(f"#{s.rank:<3} " + wrapped[0])
+        listing.extend("     " + line for line in wrapped[1:])
+    text_h = 0.12 * len(listing) + 0.15
+    fig = _figure(7.5, 3.6 + text_h)
+    top = 1.0 - 0.35 / (3.6 + text_h)
+    bottom = (text_h + 0.5) / (3.6 + text_h)
+    ax = fig.add_axes((0.1, bottom, 0.62, top - bottom))
+    xs = [float(v) for v in sigmas]
+    k = len(series)
+    # the best is drawn last (on top); offsets spread the curves by a few percent of each sigma
+    for i in reversed(range(k)):
+        s = series[i]
+        shift = 1.0 + 0.025 * (i - (k - 1) / 2) if len(xs) > 1 else 1.0
+        ax.plot([x * shift for x in xs], list(s.losses), marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_LINESTYLES[i % len(_LINESTYLES)], markersize=5, linewidth=1.4, label=s.label,
+                color=f"C{i % 10}", zorder=3 + k - i, markerfacecolor="white" if i % 2 else None)
+    if all(x > 0 for x in xs):
+        ax.set_xscale("log")
+        lo, hi = min(xs), max(xs)
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+    # one tick per sigma, as written in the config (no minor-tick labels colliding with them)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{x:g}" for x in xs], rotation=30 if len(xs) > 4 else 0, fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel("sigma (perturbation std)", fontsize=8)
+    ax.set_ylabel("validation loss", fontsize=8)
     ax.set_title(title or "loss against sigma (flatter and lower is better)", fontsize=9)
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+    ax.grid(True, alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda j: int(labels[j].split()[0][1:]))  # #1 first
+    ax.legend([handles[j] for j in order], [labels[j] for j in order], fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, title="top-k", title_fontsize=7)
+    fig.text(0.02, text_h / (3.6 + text_h), "\n".join(listing), family="monospace", fontsize=6.5,
+             va="top", ha="left")
     fig.savefig(os.fspath(path), format="png")
+    return fig
 
 
 def _op_colour(op: str) -> str:
@@ -130,72 +218,161 @@ def _op_colour(op: str) -> str:
     return "#ff7f0e"
 
 
-def _draw_dag(ax: Any, nodes: Dict[Any, Tuple[str, Tuple[float, float]]],
-              edges: Sequence[Tuple[Any, Any, str]], title: str) -> None:
-    """Nodes as labelled circles, edges as curved arrows labelled with their op."""
-    from matplotlib.patches import Circle, FancyArrowPatch
+#: Short edge labels (the colour says the op family; the full names are long and collide).
+_SHORT_OPS = {"nor_conv_1x1": "conv1x1", "nor_conv_3x3": "conv3x3", "avg_pool_3x3": "avg pool",
+              "max_pool_3x3": "max pool", "skip_connect": "skip", "sep_conv_3x3": "sep3x3",
+              "sep_conv_5x5": "sep5x5", "dil_conv_3x3": "dil3x3", "dil_conv_5x5": "dil5x5"}
 
-    radius = 0.22
-    for key, (label, (x, y)) in nodes.items():
-        ax.add_patch(Circle((x, y), radius, facecolor="#f2f2f2", edgecolor="black", zorder=3))
-        ax.text(x, y, label, ha="center", va="center", fontsize=8, zorder=4)
-    # Edges between the same pair of columns bend by how far they jump, so they do not overlap.
-    for src, dst, op in edges:
-        (x0, y0), (x1, y1) = nodes[src][1], nodes[dst][1]
-        span = abs(x1 - x0) + abs(y1 - y0)
-        rad = 0.0 if span <= 1.01 else 0.25 + 0.05 * span
-        colour = _op_colour(op) if op else "#b0b0b0"
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
-                                     arrowstyle="-|>", mutation_scale=10, color=colour, lw=1.4,
-                                     shrinkA=11, shrinkB=11, zorder=2))
+_RADIUS = 0.24  # node circles, in data units
+_CHAR_W, _LABEL_H = 0.075, 0.17  # an edge label's character width and height, in data units
+_INCH = 0.85  # inches per data unit
+
+
+def cell_layout(graph: Any) -> Dict[str, Tuple[float, float]]:
+    """Node positions of a cell graph, layered left to right.
+
+    The inputs form layer 0; every other node sits one layer right of its rightmost predecessor
+    (``graph.nodes`` lists them in topological order); nodes of one layer are stacked, centred on
+    ``y = 0``, in the order listed.
+    """
+    nodes, n_in = list(graph.nodes), int(getattr(graph, "inputs", 1))
+    preds: Dict[str, List[str]] = {n: [] for n in nodes}
+    for src, dst, _ in graph.edges:
+        preds[dst].append(src)
+    layer: Dict[str, int] = {n: 0 for n in nodes[:n_in]}
+    for n in nodes[n_in:]:
+        layer[n] = 1 + max((layer[p] for p in preds[n] if p in layer), default=0)
+    columns: Dict[int, List[str]] = {}
+    for n in nodes:
+        columns.setdefault(layer[n], []).append(n)
+    pos: Dict[str, Tuple[float, float]] = {}
+    for col, members in columns.items():
+        for i, n in enumerate(members):
+            pos[n] = (2.0 * col, 1.3 * ((len(members) - 1) / 2 - i))
+    return pos
+
+
+def _bend(edges: Sequence[Tuple[str, str, str]], pos: Mapping[str, Tuple[float, float]]) -> List[float]:
+    """Each edge's ``arc3`` bend: straight when the straight line passes no other node, else the gentlest
+    bend (alternately up and down first) whose curve keeps clear of the other nodes (the clearest one
+    when none does)."""
+    out, flip = [], 1.0
+    for src, dst, _ in edges:
+        others = [p for n, p in pos.items() if n not in (src, dst)]
+
+        def clearance(rad: float) -> float:
+            points = [_on_arc(pos[src], pos[dst], rad, t / 20) for t in range(2, 19)]
+            return min((math.hypot(x - ox, y - oy) for x, y in points for ox, oy in others), default=math.inf)
+
+        if clearance(0.0) >= 1.6 * _RADIUS:
+            out.append(0.0)
+            continue
+        tries = [sign * r for r in (0.2, 0.3, 0.42, 0.55) for sign in (flip, -flip)]
+        good = [r for r in tries if clearance(r) >= 1.6 * _RADIUS]
+        rad = good[0] if good else max(tries, key=clearance)
+        flip = -1.0 if rad > 0 else 1.0
+        out.append(rad)
+    return out
+
+
+def _on_arc(p0: Tuple[float, float], p1: Tuple[float, float], rad: float, t: float) -> Tuple[float, float]:
+    """The point at parameter ``t`` of matplotlib's ``arc3,rad=rad`` curve from ``p0`` to ``p1`` (a
+    quadratic Bezier through the control point ``midpoint + rad * (dy, -dx)``)."""
+    (x0, y0), (x1, y1) = p0, p1
+    cx, cy = (x0 + x1) / 2 + rad * (y1 - y0), (y0 + y1) / 2 - rad * (x1 - x0)
+    u = 1.0 - t
+    return (u * u * x0 + 2 * u * t * cx + t * t * x1, u * u * y0 + 2 * u * t * cy + t * t * y1)
+
+
+Box = Tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def edge_labels(graph: Any, pos: Mapping[str, Tuple[float, float]]) -> List[Tuple[str, Tuple[float, float], Box]]:
+    """Where each labelled edge's label goes: ``(text, centre, box)``, in ``graph.edges`` order.
+
+    A label sits on its edge (at the point of the curve the edge is drawn as); of a few points along
+    the edge, the first whose box overlaps no node and no label placed before is taken (else the
+    one overlapping least).
+    """
+    bends = _bend(graph.edges, pos)
+    nodes = [(x - _RADIUS, y - _RADIUS, x + _RADIUS, y + _RADIUS) for x, y in pos.values()]
+    placed: List[Box] = []
+    out = []
+    for (src, dst, op), rad in zip(graph.edges, bends):
         if not op:
             continue
-        # label at the arc's midpoint: the chord midpoint moved along the normal by rad * chord / 2
-        mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-        dx, dy = x1 - x0, y1 - y0
-        mx, my = mx + rad * dy / 2, my - rad * dx / 2
-        ax.text(mx, my, op, ha="center", va="center", fontsize=6, color=colour, zorder=5,
-                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
-    xs = [p[0] for _, p in nodes.values()]
-    ys = [p[1] for _, p in nodes.values()]
-    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
-    ax.set_ylim(min(ys) - 1.3, max(ys) + 1.3)
+        text = _SHORT_OPS.get(op, op)
+        w, h = _CHAR_W * len(text) + 0.06, _LABEL_H
+        best = None
+        for t in (0.6, 0.5, 0.7, 0.4, 0.78, 0.3):  # fan-outs (cell inputs) spread out towards the targets
+            x, y = _on_arc(pos[src], pos[dst], rad, t)
+            box = (x - w / 2, y - h / 2, x + w / 2, y + h / 2)
+            cost = sum(_overlap(box, b) for b in nodes + placed)
+            if best is None or cost < best[0]:
+                best = (cost, (x, y), box)
+            if cost == 0.0:
+                break
+        placed.append(best[2])
+        out.append((text, best[1], best[2]))
+    return out
+
+
+def _draw_dag(ax: Any, graph: Any, title: str) -> None:
+    """Nodes as labelled circles, edges as arrows (curved where they jump layers), each op's short name on
+    its edge in a white box placed not to cover another label or a node."""
+    from matplotlib.patches import Circle, FancyArrowPatch
+
+    pos = cell_layout(graph)
+    n_in = int(getattr(graph, "inputs", 1))
+    for i, (label, (x, y)) in enumerate(pos.items()):
+        face = "#dde8f5" if i < n_in else ("#f5e6cc" if label == graph.nodes[-1] else "#f2f2f2")
+        ax.add_patch(Circle((x, y), _RADIUS, facecolor=face, edgecolor="black", lw=0.8, zorder=3))
+        ax.text(x, y, label, ha="center", va="center", fontsize=7, zorder=4)
+    for (src, dst, op), rad in zip(graph.edges, _bend(graph.edges, pos)):
+        colour = _op_colour(op) if op else "#b8b8b8"
+        ax.add_patch(FancyArrowPatch(pos[src], pos[dst], connectionstyle=f"arc3,rad={rad}",
+                                     arrowstyle="-|>", mutation_scale=9, color=colour, lw=1.3 if op else 0.9,
+                                     shrinkA=10, shrinkB=10, zorder=2))
+    for (src, dst, op), (text, (x, y), _) in zip([e for e in graph.edges if e[2]], edge_labels(graph, pos)):
+        ax.text(x, y, text, ha="center", va="center", fontsize=6, color=_op_colour(op), zorder=5,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor=_op_colour(op), lw=0.4))
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)
+    ax.set_ylim(min(ys) - 0.9, max(ys) + 0.9)
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(title, fontsize=8)
 
 
-def _layout(graph: Any) -> Dict[Any, Tuple[str, Tuple[float, float]]]:
-    """Positions of a cell graph: its inputs in the first column, then one column per node in order.
-
-    With one input every node sits on one line; with several, the inputs are stacked and the inner nodes
-    alternate above and below the line of the output (the last node).
-    """
-    nodes, n_in = list(graph.nodes), int(getattr(graph, "inputs", 1))
-    out: Dict[Any, Tuple[str, Tuple[float, float]]] = {}
-    for k, label in enumerate(nodes[:n_in]):
-        y = 0.0 if n_in == 1 else 0.9 - 1.8 * k / (n_in - 1)
-        out[label] = (label, (0.0, y))
-    rest = nodes[n_in:]
-    for k, label in enumerate(rest):
-        y = 0.0 if n_in == 1 or k == len(rest) - 1 else (0.9 if k % 2 == 0 else -0.9)
-        out[label] = (label, (1.6 * (k + 1), y))
-    return out
+def _extent(graph: Any) -> Tuple[float, float]:
+    pos = cell_layout(graph)
+    xs = [p[0] for p in pos.values()]
+    ys = [p[1] for p in pos.values()]
+    return max(xs) - min(xs) + 1.0, max(ys) - min(ys) + 1.8
 
 
-def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str = "") -> None:
+def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str = "") -> Any:
     """The found cell(s) as graphs (``space.cell_graph(arch)``, one row per cell kind), or the text form
-    when the space draws no graph."""
+    when the space draws no graph. Returns the figure."""
     graphs = list(space.cell_graph(arch)) if hasattr(space, "cell_graph") else []
-    if len(graphs) == 1:
-        fig = _figure(7.0, 2.6)
-        g = graphs[0]
-        _draw_dag(fig.add_subplot(1, 1, 1), _layout(g), g.edges, title or g.title)
-    elif graphs:
-        fig = _figure(8.0, 2.8 * len(graphs))
+    if graphs:
+        sizes = [_extent(g) for g in graphs]
+        width = max(4.0, _INCH * max(w for w, _ in sizes))
+        heights = [_INCH * h + 0.3 for _, h in sizes]
+        fig = _figure(width, sum(heights) + (0.3 if title and len(graphs) > 1 else 0.0))
+        grid = fig.add_gridspec(len(graphs), 1, height_ratios=heights)
+        chars = int(width * 72 / (0.6 * 8))  # a title line that fits the figure (NB201's title is its text)
         for row, g in enumerate(graphs):
-            _draw_dag(fig.add_subplot(len(graphs), 1, row + 1), _layout(g), g.edges, g.title)
-        if title:
+            name = (title or g.title) if len(graphs) == 1 else g.title
+            _draw_dag(fig.add_subplot(grid[row, 0]), g, "\n".join(_wrap(name, chars)))
+        if title and len(graphs) > 1:
             fig.suptitle(title, fontsize=8)
     else:
         fig = _figure(6.0, 1.5)
@@ -204,6 +381,7 @@ def plot_cell(space: Any, arch: Any, path: "os.PathLike[str] | str", title: str 
         ax.text(0.5, 0.5, space.format(arch), ha="center", va="center", fontsize=7, wrap=True)
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png")
+    return fig
 
 
 # ---- the ranking benchmark (fastnas.run.ranking)

@@ -1,7 +1,8 @@
 """The report of a run: ``history.csv``, ``result.json``, the plots, and a one-screen summary.
 
 ``result.json`` holds the found architecture under ``"arch"`` (its canonical text), its score and score
-parts, params, FLOPs, the test accuracy when it was retrained, the search outcome, the seconds per
+parts, params (of the network ``fastnas export`` writes; ``"params_benchmark"``: the space's benchmark
+convention, e.g. NAS-Bench-201's affine cells or DARTS's 36-channel 20-cell network), FLOPs, the test accuracy when it was retrained, the search outcome, the seconds per
 phase (under ``"timings"``: the only part that differs between a resumed and an uninterrupted run)
 and the kernel backends.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import platform
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -99,23 +99,6 @@ def _shares(timings: Mapping[str, float]) -> Dict[str, float]:
     return {k: (timings.get(k, 0.0) / total if total > 0 else 0.0) for k in PHASE_LABELS if k in timings}
 
 
-def _sigma_rows(records: Sequence[Any], sigmas: Sequence[float], canonical: Optional[Callable[[Any], Any]],
-                n: int = 5):
-    from fastnas.run.plots import sigma_losses
-
-    rows, seen = [], set()
-    ranked = sorted((r for r in records if not r.flagged and math.isfinite(r.score)), key=lambda r: -r.score)
-    for r in ranked:
-        losses = sigma_losses(r.parts, sigmas)
-        key = canonical(r.arch) if canonical is not None else r.text
-        if losses is not None and key not in seen:  # equivalent cells have equal curves: show one
-            seen.add(key)
-            rows.append((f"{r.text}  ({r.score:.4g})", losses))
-        if len(rows) == n:
-            break
-    return rows
-
-
 def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[str, Any]:
     """Writes the report files of ``run`` (a :class:`fastnas.run.pipeline.Run` after its search)."""
     import torch
@@ -148,9 +131,10 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     if best is not None:
         attempt("cell", lambda: plots.plot_cell(space, best.arch, plot_dir / "cell.png"))
     if c.uses("flatness"):
-        rows = _sigma_rows(records, c.sigmas, getattr(space, "canonical", None))
-        if rows:
-            attempt("loss_vs_sigma", lambda: plots.plot_loss_vs_sigma(rows, c.sigmas, plot_dir / "loss_vs_sigma.png"))
+        series = plots.loss_vs_sigma_series(result.topk, c.sigmas)  # result.json's top 5, in its order
+        if series:
+            attempt("loss_vs_sigma", lambda: plots.plot_loss_vs_sigma(series, c.sigmas,
+                                                                      plot_dir / "loss_vs_sigma.png"))
     kendall = None
     if c.truth is not None:
         from fastnas.metrics.rank import load_ground_truth, scatter_plot
@@ -176,11 +160,13 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
         "parts": best.to_dict()["parts"] if best is not None else {},
         "flagged": best.flagged if best is not None else None,
         "params": best.params if best is not None else None,
+        "params_benchmark": _params_benchmark(space, best.arch) if best is not None else None,
         "flops": best.flops if best is not None else None,
         "test_accuracy": run.retrain_result["test_accuracy"] if run.retrain_result else None,
         "retrain": run.retrain_result,
         "topk": [r.to_dict() for r in result.topk],
         "search": {"searcher": c.searcher, "metric": c.metric, "n_scored": len(records),
+                   "equivalent_proposals": result.equivalent,
                    "generations": result.generations, "exhausted": result.exhausted},
         "supernet": tr.to_dict() if tr is not None else None,
         "kendall": kendall,
@@ -202,6 +188,19 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     run.state["timings"] = timings
     write_json_atomic(d / d.RESULT, out)
     return out
+
+
+def _params_benchmark(space: Any, arch: Any) -> Optional[int]:
+    """The space's benchmark-convention count of ``arch`` where it has one (``params`` is the exported
+    network's)."""
+    fn = getattr(space, "params_benchmark", None)
+    if fn is None:
+        return None
+    try:
+        value = fn(arch)
+    except NotImplementedError:
+        return None
+    return None if value is None else int(value)
 
 
 def _canonicalizer(space: Any) -> Callable[[str], str]:
@@ -227,12 +226,17 @@ def summary_lines(result: Mapping[str, Any], run_path: str) -> List[str]:
                  + (("  (" + ", ".join(f"{k} {_num(v)}" for k, v in simple.items()) + ")") if simple else ""))
     params, flops = result.get("params"), result.get("flops")
     lines.append(f"params {params:,}" if isinstance(params, int) else "params n/a")
+    bench = result.get("params_benchmark")
+    if isinstance(bench, int) and bench != params:
+        lines[-1] += f" ({bench:,} in the {result['space']} benchmark's convention)"
     lines[-1] += f", FLOPs {flops:.3f} M" if isinstance(flops, (int, float)) else ""
     if result.get("test_accuracy") is not None:
         lines.append(f"retrained {result['retrain']['epochs']} epochs from scratch: test accuracy "
                      f"{100 * result['test_accuracy']:.2f}%")
     s = result["search"]
     lines.append(f"searched {s['n_scored']} candidates ({s['searcher']}, {s['generations']} generation(s))")
+    if s.get("equivalent_proposals"):
+        lines.append(f"skipped {s['equivalent_proposals']} proposals equivalent to scored architectures")
     if result.get("kendall"):
         k = result["kendall"]
         lines.append(f"Kendall tau {k['tau']:.3f}, Spearman {k['spearman']:.3f} (n={k['n']})")

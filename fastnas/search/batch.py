@@ -14,7 +14,7 @@ import abc
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fastnas.search.base import Searcher
-from fastnas.search.history import Arch, SearchRecord, make_record
+from fastnas.search.history import Arch, SearchRecord, canonical, make_record
 
 __all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state"]
 
@@ -61,6 +61,8 @@ class BatchSearcher(Searcher):
         history: every scored record, in the order told.
         pending: ``(arch, origin)`` asked in the open round and not yet told; None when no round is open.
         measured: params/FLOPs of proposed architectures, measured once by the constraints check.
+        equivalent: proposals not scored because an equivalent architecture (same ``space.canonical``)
+            was scored or queued already; part of the state dict.
     """
 
     def __init__(self, space: Any) -> None:
@@ -68,6 +70,7 @@ class BatchSearcher(Searcher):
         self.history: List[SearchRecord] = []
         self.pending: Optional[List[Tuple[Arch, str]]] = None
         self.measured: Dict[Arch, Measured] = {}
+        self.equivalent = 0
 
     # ---- what a subclass decides
 
@@ -91,9 +94,11 @@ class BatchSearcher(Searcher):
 
     @property
     def seen(self) -> set:
-        """Every architecture scored or pending (derived: not stored in the state dict)."""
-        seen = {r.arch for r in self.history}
-        seen.update(arch for arch, _ in self.pending or ())
+        """The class representative (``space.canonical``) of every architecture scored or pending
+        (derived: not stored in the state dict)."""
+        space = self.space
+        seen = {canonical(space, r.arch) for r in self.history}
+        seen.update(canonical(space, arch) for arch, _ in self.pending or ())
         return seen
 
     @property
@@ -145,9 +150,13 @@ class BatchSearcher(Searcher):
         return None if self.pending is None else [[fmt(a), origin] for a, origin in self.pending]
 
     def _load_records(self, d: Mapping[str, Any]) -> None:
-        """Restores ``history`` and ``pending`` from a state dict; clears ``measured``."""
+        """Restores ``history``, ``pending`` and ``equivalent`` from a state dict; clears ``measured``."""
         parse = self.space.parse
         pending = d.get("pending")
         self.pending = None if pending is None else [(parse(text), str(origin)) for text, origin in pending]
         self.history = [SearchRecord.from_dict(r, self.space) for r in d["history"]]
         self.measured = {}
+        equivalent = d.get("equivalent", 0)  # states saved before the count existed: 0
+        if isinstance(equivalent, bool) or not isinstance(equivalent, int) or equivalent < 0:
+            raise ValueError(f"state equivalent={equivalent!r}: expected a count >= 0")
+        self.equivalent = equivalent

@@ -4,8 +4,9 @@ One generation:
 
 1. propose the candidates (generation 0: ``population`` random architectures; later: ``mutations``
    children of random top-k parents, ``crossovers`` children of random top-k pairs, then random fill up
-   to ``population``). Every candidate is valid, within ``max_params``/``max_flops`` and never seen
-   before; each child gets ``max_tries`` attempts. When nothing new can be proposed the space is
+   to ``population``). Every candidate is valid, within ``max_params``/``max_flops`` and of a class of
+   equivalent architectures never seen before (it is proposed as the class's ``space.canonical``
+   representative; equivalent proposals are counted, not scored); each child gets ``max_tries`` attempts. When nothing new can be proposed the space is
    exhausted and the search stops early;
 2. score every candidate (no architecture is ever scored twice);
 3. top-k := the best ``topk`` of the old top-k and the new candidates (so: of everything scored).
@@ -139,6 +140,7 @@ class Evolution(BatchSearcher):
                 break
             out.append((child, "random"))
         self.measured.update(proposer.measured)
+        self.equivalent += proposer.equivalent
         if out:
             self.exhausted = False
         return out
@@ -169,6 +171,7 @@ class Evolution(BatchSearcher):
             "topk": list(self.topk),
             "history": [r.to_dict() for r in self.history],
             "exhausted": self.exhausted,
+            "equivalent": self.equivalent,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -196,7 +199,7 @@ class Evolution(BatchSearcher):
     def result(self) -> SearchResult:
         return SearchResult(history=list(self.history), topk=[self.history[i] for i in self.topk],
                             generations=self.generation, exhausted=self.exhausted,
-                            config=self.config.to_dict())
+                            config=self.config.to_dict(), equivalent=self.equivalent)
 
 
 EvolutionState = Evolution

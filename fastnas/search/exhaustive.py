@@ -1,4 +1,6 @@
-"""Exhaustive search: every architecture of ``space.enumerate()`` within the constraints, in that order.
+"""Exhaustive search: every architecture of ``space.enumerate()`` within the constraints, in that order,
+one per class of equivalent architectures (the class's ``space.canonical`` representative, when its first
+member comes up; the other members are counted in ``equivalent``, not scored).
 
 :class:`ExhaustiveSearch` is the ask/tell searcher (each round the next batch of the enumeration; its
 state keeps how far the enumeration has got); :func:`exhaustive` runs it to the end.
@@ -13,7 +15,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from fastnas.search.base import SearchConfig, check_int, config_from_dict, run_search
 from fastnas.search.batch import BatchSearcher, check_state
-from fastnas.search.history import Callback, Constraints, ScoreFn, SearchResult, best_of
+from fastnas.search.history import Callback, Constraints, ScoreFn, SearchResult, best_of, canonical
 from fastnas.search.registry import register_searcher
 
 __all__ = ["ExhaustiveConfig", "ExhaustiveSearch", "exhaustive"]
@@ -57,7 +59,8 @@ class ExhaustiveConfig:
 
 
 class ExhaustiveSearch(BatchSearcher):
-    """Every admissible architecture once, in enumeration order, as a :class:`~fastnas.search.base.Searcher`.
+    """Every admissible class of equivalent architectures once, in enumeration order, as a
+    :class:`~fastnas.search.base.Searcher`.
 
     Attributes:
         config: the settings.
@@ -108,13 +111,16 @@ class ExhaustiveSearch(BatchSearcher):
                 self.finished = True
                 break
             self.cursor += 1
-            if arch in self._seen:
+            rep = canonical(self.space, arch)
+            if rep in self._seen:
+                if rep != arch:
+                    self.equivalent += 1
                 continue
-            self._seen.add(arch)
-            ok, params, flops = constraints.measure(self.space, arch)
-            if ok:
-                out.append((arch, "exhaustive"))
-                self.measured[arch] = (params, flops)
+            ok, params, flops = constraints.measure(self.space, rep)
+            if ok:  # only admitted classes are remembered (as a restored state remembers them)
+                self._seen.add(rep)
+                out.append((rep, "exhaustive"))
+                self.measured[rep] = (params, flops)
         return out
 
     def _nothing_new(self) -> None:
@@ -134,6 +140,7 @@ class ExhaustiveSearch(BatchSearcher):
             "pending": self._pending_to_json(),
             "history": [r.to_dict() for r in self.history],
             "rounds": self.rounds,
+            "equivalent": self.equivalent,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -148,7 +155,7 @@ class ExhaustiveSearch(BatchSearcher):
 
     def result(self) -> SearchResult:
         config = {k: v for k, v in self.config.to_dict().items() if k != "batch"}  # batch changes no result
-        return best_of(self.history, self.config.topk, self.finished, config)
+        return best_of(self.history, self.config.topk, self.finished, config, self.equivalent)
 
 
 _END = object()

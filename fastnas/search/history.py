@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optio
 from fastnas.metrics.combine import Score
 
 __all__ = ["SearchRecord", "SearchResult", "Constraints", "Proposer", "ScoreFn", "Callback", "ORIGINS",
-           "best_of", "coerce_score", "make_record", "score_arch", "top_indices"]
+           "best_of", "canonical", "coerce_score", "make_record", "score_arch", "top_indices"]
 
 Arch = Hashable
 ScoreFn = Callable[[Arch], Union[float, Score]]
@@ -121,11 +121,14 @@ class SearchResult:
     """The outcome of a search.
 
     Attributes:
-        history: every scored architecture, in scoring order (no architecture twice).
+        history: every scored architecture, in scoring order (no architecture twice, and no two of one
+            class of equivalent architectures: each is its class's ``space.canonical`` representative).
         topk: the best records, best first (the final top-k of evolution; the best ``k`` otherwise).
         generations: generations completed (1 for random and exhaustive search).
         exhausted: the search stopped early because no new admissible architecture could be found.
         config: the searcher's settings.
+        equivalent: proposals not scored because they are equivalent to (``space.canonical`` maps them
+            to) an architecture already scored or queued; see :class:`Proposer`.
     """
 
     history: List[SearchRecord]
@@ -133,6 +136,7 @@ class SearchResult:
     generations: int = 0
     exhausted: bool = False
     config: Dict[str, Any] = field(default_factory=dict)
+    equivalent: int = 0
 
     @property
     def best(self) -> Optional[SearchRecord]:
@@ -148,16 +152,17 @@ class SearchResult:
             "best": best.to_dict() if best is not None else None,
             "topk": [r.to_dict() for r in self.topk],
             "generations": self.generations, "exhausted": self.exhausted,
-            "n_scored": len(self.history), "config": dict(self.config),
+            "n_scored": len(self.history), "equivalent_proposals": self.equivalent, "config": dict(self.config),
             "history": [r.to_dict() for r in self.history],
         }
 
 
-def best_of(history: List[SearchRecord], topk: int, exhausted: bool, config: Dict[str, Any]) -> SearchResult:
+def best_of(history: List[SearchRecord], topk: int, exhausted: bool, config: Dict[str, Any],
+            equivalent: int = 0) -> SearchResult:
     """The result of a search whose top-k is simply the best ``topk`` of everything scored."""
     best = top_indices(history, range(len(history)), topk)
     return SearchResult(history=list(history), topk=[history[i] for i in best], generations=1,
-                        exhausted=exhausted, config=config)
+                        exhausted=exhausted, config=config, equivalent=equivalent)
 
 
 def _measure(fn: Callable[[Arch], Any], arch: Arch) -> Any:
@@ -199,12 +204,24 @@ class Constraints:
         return True, params, flops
 
 
-class Proposer:
-    """Proposes new admissible architectures: valid, within the constraints, never seen before.
+def canonical(space: Any, arch: Arch) -> Arch:
+    """``space.canonical(arch)``: the representative of ``arch``'s class of equivalent architectures
+    (``space.validate(arch)`` for a space without the method)."""
+    fn = getattr(space, "canonical", None)
+    return fn(arch) if fn is not None else space.validate(arch)
 
-    ``seen`` holds every architecture already scored or queued; ``measured`` caches params/FLOPs of the
-    accepted ones so they are computed once; ``remaining`` (None until sampling first fails in a finite
-    space) lists the admissible architectures still unseen then, which :meth:`random` draws from.
+
+class Proposer:
+    """Proposes new admissible architectures: valid, within the constraints, of a class never seen before.
+
+    Architectures are proposed as their class representatives (``space.canonical``): two equivalent
+    cells (NAS-Bench-201's pass-through variants, dead edges) are one candidate, scored once. ``seen``
+    holds the representatives already scored or queued; ``measured`` caches params/FLOPs of the
+    accepted ones so they are computed once; ``equivalent`` counts the proposals turned away because
+    they differ from an already-seen representative only by the space's equivalence (proposing a seen
+    representative again is a plain repeat and not counted); ``remaining`` (None until sampling first
+    fails in a finite space) lists the admissible representatives still unseen then, which
+    :meth:`random` draws from.
     """
 
     def __init__(self, space: Any, constraints: Constraints, seen: set, max_tries: int) -> None:
@@ -214,21 +231,26 @@ class Proposer:
         self.max_tries = max_tries
         self.measured: Dict[Arch, Tuple[Optional[int], Optional[float]]] = {}
         self.remaining: Optional[List[Arch]] = None
+        self.equivalent = 0
 
     def admit(self, arch: Arch) -> Optional[Arch]:
-        """The canonical ``arch`` if it is new and admissible (then marked seen), else None."""
+        """The representative of ``arch``'s class if the class is new and admissible (then marked seen),
+        else None."""
         try:
             arch = self.space.validate(arch)
         except ValueError:
             return None
-        if arch in self.seen:
+        rep = canonical(self.space, arch)
+        if rep in self.seen:
+            if rep != arch:
+                self.equivalent += 1
             return None
-        ok, params, flops = self.constraints.measure(self.space, arch)
+        ok, params, flops = self.constraints.measure(self.space, rep)
         if not ok:
             return None
-        self.seen.add(arch)
-        self.measured[arch] = (params, flops)
-        return arch
+        self.seen.add(rep)
+        self.measured[rep] = (params, flops)
+        return rep
 
     def propose(self, make: Callable[[], Arch]) -> Optional[Arch]:
         for _ in range(self.max_tries):
@@ -239,7 +261,8 @@ class Proposer:
 
     def random(self, rng: random.Random) -> Optional[Arch]:
         """A new random architecture; when ``max_tries`` samples fail and the space is finite, one drawn
-        from the admissible architectures not yet seen (None when there are none: the space is exhausted)."""
+        from the admissible representatives not yet seen (None when there are none: the space is
+        exhausted)."""
         arch = self.propose(lambda: self.space.sample(rng))
         if arch is not None:
             return arch
@@ -255,13 +278,16 @@ class Proposer:
         return None
 
     def _unseen_admissible(self) -> Optional[List[Arch]]:
+        """The admissible class representatives not yet seen, in ``space.enumerate()`` order of their
+        first member (None for a space too large to enumerate)."""
         if self.space.size() is None:
             return None
         try:
             every = list(self.space.enumerate())
         except NotImplementedError:
             return None
-        return [a for a in every if a not in self.seen and self.constraints.measure(self.space, a)[0]]
+        reps = dict.fromkeys(canonical(self.space, a) for a in every)
+        return [a for a in reps if a not in self.seen and self.constraints.measure(self.space, a)[0]]
 
 
 def make_record(space: Any, arch: Arch, score: Any, generation: int, origin: str,

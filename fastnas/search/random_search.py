@@ -1,4 +1,5 @@
-"""Random search: ``n`` distinct random architectures within the constraints.
+"""Random search: ``n`` distinct random architectures within the constraints (one per class of
+equivalent architectures, ``space.canonical``).
 
 :class:`RandomSearch` is the ask/tell searcher (each round a batch of new samples); proposals never
 depend on scores, so the batch size changes no result. :func:`random_search` runs it to the end.
@@ -125,6 +126,8 @@ class RandomSearch(BatchSearcher):
             out.append((arch, "random"))
         self.measured.update(self._proposer.measured)
         self._proposer.measured.clear()
+        self.equivalent += self._proposer.equivalent
+        self._proposer.equivalent = 0
         return out
 
     def _nothing_new(self) -> None:
@@ -146,6 +149,7 @@ class RandomSearch(BatchSearcher):
             "remaining": None if remaining is None else [self.space.format(a) for a in remaining],
             "exhausted": self.exhausted,
             "rounds": self.rounds,
+            "equivalent": self.equivalent,
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
@@ -163,7 +167,7 @@ class RandomSearch(BatchSearcher):
 
     def result(self) -> SearchResult:
         config = {k: v for k, v in self.config.to_dict().items() if k != "batch"}  # batch changes no result
-        return best_of(self.history, self.config.topk, self.exhausted, config)
+        return best_of(self.history, self.config.topk, self.exhausted, config, self.equivalent)
 
 
 @register_searcher("random")

@@ -189,7 +189,14 @@ class Space(abc.ABC):
 
     @abc.abstractmethod
     def params(self, arch: Arch) -> int:
-        """Parameter count of the standalone network ``build(arch)``."""
+        """Parameter count of the network a search gives the user: the supernet's path of ``arch`` as a
+        standalone network (``supernet().extract(arch)``, what ``fastnas export`` writes), at the space's
+        sizes. Searches report it and ``--max-params`` limits it."""
+
+    def params_benchmark(self, arch: Arch) -> Optional[int]:
+        """The parameter count in the benchmark's own convention where it differs from :meth:`params`
+        (e.g. NAS-Bench-201's affine cells, DARTS's 36-channel 20-cell network); default None (none)."""
+        return None
 
     @abc.abstractmethod
     def flops(self, arch: Arch) -> float:

@@ -17,8 +17,10 @@ The supernet (:class:`DARTSSupernet`) follows GeNAS's (``train_supernet/super_mo
 RLNAS): every candidate op on every edge, pooling ops followed by a BN (``MixedOp``), one normal genotype
 shared by all normal cells and one reduction genotype by the reduction cells. ``build`` returns the DARTS
 evaluation network (affine BN, no BN after pooling, optional auxiliary head and drop-path) at the space's
-own ``C`` and ``layers``; ``params`` and ``flops`` count exactly that network (DARTS's benchmark size,
-36 channels and 20 cells, is ``params(arch, C=36, layers=20)``).
+own ``C`` and ``layers``; ``flops`` counts that network. ``params`` counts the network the search gives
+(``supernet().extract(arch)``, what ``fastnas export`` writes: a BN after pooling, the supernet's
+``affine``); ``params(arch, network="evaluation")`` counts ``build(arch)`` and ``params_benchmark(arch)``
+DARTS's published size (36 channels, 20 cells).
 
 Fidelity to the reference code (clovaai/GeNAS), and the options that keep the other behaviour:
 
@@ -113,30 +115,37 @@ def _check_positive(name: str, value: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# Analytic size and cost of the evaluation network (mirrors darts_ops.NetworkCIFAR).
+# Analytic size and cost of NetworkCIFAR: the evaluation network and the supernet's extracted path.
 # --------------------------------------------------------------------------------------------------
 
 def _half(n: int) -> int:
     return (n - 1) // 2 + 1  # output size of every stride-2 op in the space (3x3/5x5 padded, 1x1)
 
 
-def _op_cost(name: str, C: int, stride: int, H: int, W: int) -> Tuple[int, int]:
-    """(parameters, conv MACs) of one op of the evaluation network (affine BN, no BN after pooling)."""
+def _op_cost(name: str, C: int, stride: int, H: int, W: int, bn: int = 2, pool_bn: bool = False) -> Tuple[int, int]:
+    """(parameters, conv MACs) of one op; ``bn`` parameters per BatchNorm channel (2 affine, 0 not),
+    ``pool_bn``: a BN after pooling (the supernet's convention; the evaluation network has none)."""
     HW = (_half(H) * _half(W)) if stride == 2 else H * W
     if name.startswith("sep_conv_"):
         k = int(name[-1])
-        return 2 * (k * k * C + C * C) + 4 * C, 2 * (k * k * C + C * C) * HW
+        return 2 * (k * k * C + C * C) + 2 * bn * C, 2 * (k * k * C + C * C) * HW
     if name.startswith("dil_conv_"):
         k = int(name[-1])
-        return k * k * C + C * C + 2 * C, (k * k * C + C * C) * HW
+        return k * k * C + C * C + bn * C, (k * k * C + C * C) * HW
     if name == "skip_connect" and stride == 2:
-        return 2 * C * (C // 2) + 2 * C, 2 * C * (C // 2) * HW
+        return 2 * C * (C // 2) + bn * C, 2 * C * (C // 2) * HW
+    if name in ("max_pool_3x3", "avg_pool_3x3") and pool_bn:
+        return bn * C, 0
     return 0, 0  # none, pooling, identity
 
 
 def _network_cost(g: Genotype, C: int, layers: int, num_classes: int, in_channels: int,
-                  stem_multiplier: int, resolution: int) -> Tuple[int, int]:
-    """(parameters, conv + linear MACs per image) of ``NetworkCIFAR`` without the auxiliary head."""
+                  stem_multiplier: int, resolution: int, affine: bool = True,
+                  pool_bn: bool = False) -> Tuple[int, int]:
+    """(parameters, conv + linear MACs per image) of ``NetworkCIFAR(..., affine, pool_bn)`` without the
+    auxiliary head: the evaluation network by default, ``affine=supernet.affine, pool_bn=True`` the one
+    :meth:`DARTSSupernet.extract` returns. The stem BN is always affine."""
+    bn = 2 if affine else 0
     C_stem = stem_multiplier * C
     H = W = resolution
     params = 9 * in_channels * C_stem + 2 * C_stem
@@ -150,19 +159,19 @@ def _network_cost(g: Genotype, C: int, layers: int, num_classes: int, in_channel
             C_cur *= 2
         edges, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
         if reduction_prev:  # FactorizedReduce(C_pp, C_cur)
-            params += 2 * C_pp * (C_cur // 2) + 2 * C_cur
+            params += 2 * C_pp * (C_cur // 2) + bn * C_cur
             macs += 2 * C_pp * (C_cur // 2) * _half(H_pp) * _half(H_pp)
         else:  # ReLUConvBN 1x1
-            params += C_pp * C_cur + 2 * C_cur
+            params += C_pp * C_cur + bn * C_cur
             macs += C_pp * C_cur * H_pp * H_pp
-        params += C_p * C_cur + 2 * C_cur
+        params += C_p * C_cur + bn * C_cur
         macs += C_p * C_cur * H_p * H_p
         H_out = _half(H_p) if reduction else H_p
         for name, j in edges:
             if reduction and j < 2:  # stride 2 from a cell input
-                p, m = _op_cost(name, C_cur, 2, H_p, H_p)
+                p, m = _op_cost(name, C_cur, 2, H_p, H_p, bn, pool_bn)
             else:  # stride 1 from a node (already at the output resolution) or in a normal cell
-                p, m = _op_cost(name, C_cur, 1, H_out, H_out)
+                p, m = _op_cost(name, C_cur, 1, H_out, H_out, bn, pool_bn)
             params += p
             macs += m
         C_pp, C_p = C_p, len(concat) * C_cur
@@ -447,17 +456,29 @@ class DARTS(Space):
         return (self.C if C is None else _check_positive("C", C),
                 self.layers if layers is None else _check_positive("layers", layers))
 
-    def params(self, arch: Any, *, C: int | None = None, layers: int | None = None) -> int:
-        """Parameters of ``build(arch, C=C, layers=layers)`` without the auxiliary head (DARTS's "param size").
+    def params(self, arch: Any, *, C: int | None = None, layers: int | None = None,
+               network: str = "searched") -> int:
+        """Parameters of a network of ``arch`` (auxiliary head excluded), analytically.
 
-        ``C`` and ``layers`` default to the space's, so ``params(arch)`` counts ``build(arch)``. DARTS's
-        benchmark convention (CIFAR-10 networks of 36 channels and 20 cells, e.g. 3,349,342 for DARTS V2)
-        is ``params(arch, C=36, layers=20)``.
+        ``network="searched"`` (default): the network the search scored and ``fastnas export`` writes,
+        ``supernet().extract(arch)`` (the supernet's ``affine``, a BN after each pooling op).
+        ``network="evaluation"``: DARTS's evaluation network ``build(arch, C=C, layers=layers)`` (affine, no
+        BN after pooling; DARTS's "param size"). ``C`` and ``layers`` default to the space's. DARTS's
+        published counts (CIFAR-10 networks of 36 channels and 20 cells, e.g. 3,349,342 for DARTS V2) are
+        :meth:`params_benchmark`.
         """
         g = self.validate(arch)
         C, layers = self._size(C, layers)
+        if network not in ("searched", "evaluation"):
+            raise ValueError(f"network={network!r}: expected 'searched' or 'evaluation'")
+        searched = network == "searched"
         return _network_cost(g, C, layers, self.num_classes, self.in_channels, self.stem_multiplier,
-                             self.resolution)[0]
+                             self.resolution, affine=self.affine or not searched, pool_bn=searched)[0]
+
+    def params_benchmark(self, arch: Any) -> int:
+        """DARTS's convention: the evaluation network of 36 channels and 20 cells (CIFAR-10 "param size";
+        3,349,342 for DARTS V2 with 10 classes), whatever the space's own size."""
+        return self.params(arch, C=36, layers=20, network="evaluation")
 
     def flops(self, arch: Any, *, C: int | None = None, layers: int | None = None,
               resolution: int | None = None) -> float:

@@ -9,7 +9,7 @@ Example::
     space = NB201()                      # C=16, N=5, CIFAR-10 setting
     arch = space.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|"
                        "+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|")
-    space.params(arch), space.flops(arch)  # as published by NAS-Bench-201
+    space.params_benchmark(arch), space.flops(arch)  # as published by NAS-Bench-201
     net = space.supernet()
     logits = net(x, arch)                # (B, 3, 32, 32) -> (B, 10)
 
@@ -25,8 +25,10 @@ keeps the other behaviour:
   parent, ``get_crossover``) is the same under both.
 * The supernet's cell BatchNorms are non-affine with running statistics (``'affine': False`` in the
   reference's model config); ``supernet(affine_cells=True)`` makes them affine.
-* ``params``/``flops`` count ``build(arch)`` at the space's own ``C``, ``N``, ``num_classes``,
-  ``in_channels`` (and ``resolution``); the defaults reproduce NAS-Bench-201's published numbers.
+* ``params_benchmark``/``flops`` count ``build(arch)`` (affine cell BNs) at the space's own ``C``, ``N``,
+  ``num_classes``, ``in_channels`` (and ``resolution``); the defaults reproduce NAS-Bench-201's published
+  numbers. ``params`` counts the network a search gives, ``supernet().extract(arch)`` (non-affine cell
+  BNs; what ``fastnas export`` writes).
 """
 
 from __future__ import annotations
@@ -282,13 +284,24 @@ class NB201(Space):
 
     # ---- cost
 
-    def params(self, arch: Arch, *, affine_cells: bool = True) -> int:
-        """Parameters of ``build(arch, affine_cells=affine_cells)``, analytically (NAS-Bench-201's
-        ``params`` is this divided by 1e6)."""
+    def params(self, arch: Arch, *, affine_cells: bool = False) -> int:
+        """Parameters of the network of ``arch`` with ``affine_cells`` BatchNorms in its cells, analytically.
+
+        The default counts the network the search scored and ``fastnas export`` writes,
+        ``supernet().extract(arch)`` (non-affine cell BNs, as the supernet). ``affine_cells=True`` counts
+        ``build(arch)``, NAS-Bench-201's networks: :meth:`params_benchmark`. Every op of the cell counts,
+        also on edges that cannot reach the output (the network holds them); a search scores the
+        :meth:`canonical` cell, whose dead edges are ``none``.
+        """
         a = self.validate(arch)
         cost = self._costs["nb201"]
         fixed, per_op = cost["params"], cost["op_params_affine" if affine_cells else "op_params"]
         return fixed + sum(per_op[op] for op in a)
+
+    def params_benchmark(self, arch: Arch) -> int:
+        """NAS-Bench-201's count: ``build(arch)``, affine BNs in the cells (its published ``params`` is this
+        divided by 1e6 at C=16, N=5)."""
+        return self.params(arch, affine_cells=True)
 
     def flops(self, arch: Arch, *, convention: str = "nb201") -> float:
         """FLOPs (millions, per image) of ``build(arch)`` at ``resolution``; see :data:`FLOPS_CONVENTIONS`.

@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--channels", "4", "--cells", "1", "--epochs", "1", "--valid-size", "48", "--limit-train", "128",
         "--batch-size", "32", "--recal-batches", "2", "--quiet"]
 RANDOM = TINY + ["--searcher", "random", "--population", "4", "--generations", "3"]  # 3 rounds of 4
-# NB201 with C=4, N=1: the 729 architectures without a convolution have the fewest parameters (4822).
+# NB201 with C=4, N=1: the architectures without a live convolution have the fewest parameters (4822);
+# they fall into 78 classes of equivalent cells (space.canonical), one scored each, in rounds of 30.
 EXHAUSTIVE = TINY + ["--searcher", "exhaustive", "--metric", "angle", "--max-params", "4822",
-                     "--population", "100", "--generations", "1"]  # rounds of 100
+                     "--population", "30", "--generations", "1"]
 
 
 def _main(*args) -> int:
@@ -103,15 +104,30 @@ def test_changed_search_settings_in_a_saved_state_are_refused(tmp_path, random_r
     assert "other search settings ['seed']" in capsys.readouterr().err
 
 
+def _exhaustive_classes():
+    from fastnas.data import load_dataset
+    from fastnas.spaces import create_space
+
+    ds = load_dataset("digits")  # the run's default data
+    space = create_space("nb201", channels=4, cells=1, num_classes=ds.num_classes, in_channels=ds.in_channels,
+                         resolution=ds.resolution)
+    members = [a for a in space.enumerate() if space.params(space.canonical(a)) <= 4822]
+    return len({space.canonical(a) for a in members}), len(members)
+
+
 def test_exhaustive_search_resumes_after_kill(tmp_path):
+    classes, members = _exhaustive_classes()
+    assert classes == 78
     ref = tmp_path / "ref"
     assert _main("search", *EXHAUSTIVE, "--out", ref) == 0
     reference = _result(ref)
-    assert reference["search"]["n_scored"] == 729 and reference["search"]["exhausted"]
+    assert reference["search"]["n_scored"] == classes and reference["search"]["exhausted"]
+    assert reference["search"]["equivalent_proposals"] == members - classes  # every other member of a class
     out = tmp_path / "run"
-    _killed(EXHAUSTIVE, out, 251)  # in the third round of 100
+    _killed(EXHAUSTIVE, out, 41)  # in the second round of 30
     state = json.loads((out / "search_state.json").read_text())["state"]
-    assert len(state["history"]) == 250 and len(state["pending"]) == 50 and state["rounds"] == 2
+    assert len(state["history"]) == 40 and len(state["pending"]) == 20 and state["rounds"] == 1
+    assert 0 < state["equivalent"] < members - classes
     assert _main("search", "--resume", out) == 0
     assert _result(out) == reference
-    assert _calls(out) == 729 - 250
+    assert _calls(out) == classes - 40

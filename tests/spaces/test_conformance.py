@@ -224,10 +224,15 @@ def test_batched_forward_equals_sequential(case):
 
 # ---- standalone networks -----------------------------------------------------------------------------
 
-def test_params_counts_build(case):
-    for arch in case.archs:
-        net = case.space.build(arch)
-        assert case.space.params(arch) == sum(p.numel() for p in net.parameters())
+def test_params_counts_the_network_a_search_gives(case):
+    # params(arch): the supernet's path as a standalone network (what `fastnas export` writes), for the
+    # sampled architectures and their class representatives (NB201: dead edges made `none`)
+    s = case.space
+    for arch in case.archs + [s.canonical(a) for a in case.archs]:
+        net = case.supernet.extract(arch)
+        assert s.params(arch) == sum(p.numel() for p in net.parameters())
+    bench = s.params_benchmark(case.archs[0])
+    assert bench is None or (isinstance(bench, int) and bench > 0)
 
 
 def _build_matches_extract(case):

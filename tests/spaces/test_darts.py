@@ -358,11 +358,12 @@ def test_pairs_crossover_takes_whole_nodes_from_parents():
 def test_darts_v2_has_the_published_parameter_count():
     s = DARTS()
     # DARTS reports "param size = 3.349342MB" for DARTS_V2 (C=36, 20 cells, CIFAR-10); paper: 3.3M.
-    assert s.params(DARTS_V2, C=36, layers=20) == 3_349_342
+    assert s.params_benchmark(DARTS_V2) == s.params(DARTS_V2, C=36, layers=20, network="evaluation") == 3_349_342
+    assert DARTS(C=4, layers=5, num_classes=10).params_benchmark(DARTS_V2) == 3_349_342  # whatever the size
     with torch.device("meta"):
         net = s.build(DARTS_V2, C=36, layers=20, auxiliary=True)
     assert sum(p.numel() for n, p in net.named_parameters() if not n.startswith("auxiliary_head")) == 3_349_342
-    assert DARTS(C=36, layers=20).params(DARTS_V2) == 3_349_342
+    assert DARTS(C=36, layers=20).params(DARTS_V2, network="evaluation") == 3_349_342
     assert s.params(DARTS_V2) == s.params(DARTS_V2, C=16, layers=8) < 3_349_342
 
 
@@ -371,7 +372,7 @@ def test_params_and_flops_match_built_networks():
     rng = random.Random(4)
     for g in [DARTS_V1, DARTS_V2] + [s.sample(rng) for _ in range(4)]:
         net = s.build(g, C=4, layers=5)
-        assert s.params(g, C=4, layers=5) == sum(p.numel() for p in net.parameters())
+        assert s.params(g, C=4, layers=5, network="evaluation") == sum(p.numel() for p in net.parameters())
         macs = _conv_linear_macs(net, torch.randn(1, 3, 16, 16))
         assert s.flops(g, C=4, layers=5) == pytest.approx(macs / 1e6, rel=0, abs=1e-9)
         assert s.flops(g, C=4, layers=5, resolution=32) > s.flops(g, C=4, layers=5)
@@ -396,7 +397,7 @@ def test_params_and_flops_count_what_build_builds(kwargs):
             with torch.device("meta"):
                 net = s.build(g)
         assert len(net.cells) == s.layers and net.cells[0].preprocess1[1].out_channels == s.C
-        assert s.params(g) == sum(p.numel() for p in net.parameters())
+        assert s.params(g, network="evaluation") == sum(p.numel() for p in net.parameters())
         if kwargs:
             x = torch.randn(1, s.in_channels, s.resolution, s.resolution)
             assert s.flops(g) == pytest.approx(_conv_linear_macs(net, x) / 1e6, rel=0, abs=1e-9)
@@ -417,7 +418,7 @@ def test_build_outputs_auxiliary_and_drop_path():
     assert logits.shape == (2, 5) and aux.shape == (2, 5)
     (logits.sum() + 0.4 * aux.sum()).backward()
     assert net.auxiliary_head.classifier.weight.grad is not None
-    assert s.params(DARTS_V2, C=4, layers=5) < sum(p.numel() for p in net.parameters())
+    assert s.params(DARTS_V2, C=4, layers=5, network="evaluation") < sum(p.numel() for p in net.parameters())
     # Drop-path is random in train mode (and off in eval mode, checked below).
     with torch.no_grad():
         assert not torch.equal(net(x)[0], net(x)[0])
@@ -660,4 +661,23 @@ def test_other_cell_sizes():
     with torch.no_grad():
         assert (net.extract(g)(x) - net(x, g)).abs().max().item() < 1e-5
         assert s.build(g)(x).shape == (2, 3)
-    assert s.params(g) == sum(p.numel() for p in s.build(g).parameters())
+    assert s.params(g) == sum(p.numel() for p in net.extract(g).parameters())
+    assert s.params(g, network="evaluation") == sum(p.numel() for p in s.build(g).parameters())
+
+
+@pytest.mark.parametrize("kwargs", [dict(C=4, layers=5, num_classes=7, resolution=16),
+                                    dict(C=6, layers=3, in_channels=1, resolution=8, affine=False),
+                                    dict(C=4, layers=4, steps=3, multiplier=2, resolution=16)])
+def test_params_count_the_searched_and_exported_network(kwargs):
+    # params(arch) at the space's own size is the network `fastnas export` writes (BN after pooling, the
+    # supernet's affine), not DARTS's 36-channel 20-cell count (params_benchmark)
+    s = DARTS(**kwargs)
+    sn = s.supernet()
+    rng = random.Random(3)
+    archs = [s.sample(rng) for _ in range(4)] + ([DARTS_V1, DARTS_V2] if s.steps == 4 else [])
+    assert any(op.endswith("pool_3x3") for g in archs for op, _ in g.normal + g.reduce)
+    for g in archs:
+        assert s.params(g) == sum(p.numel() for p in sn.extract(g).parameters())
+        assert s.params_benchmark(g) == s.params(g, C=36, layers=20, network="evaluation") != s.params(g)
+    with pytest.raises(ValueError, match="network='eval'"):
+        s.params(archs[0], network="eval")

@@ -256,7 +256,7 @@ def test_canonical_is_a_class_representative(space):
 def test_published_parameter_count(space):
     # NAS-Bench-201 reports 0.802426 M parameters for this cell (C=16, N=5, CIFAR-10).
     arch = space.parse(PARAM_CHECK)
-    assert space.params(arch) == 802426
+    assert space.params_benchmark(arch) == space.params(arch, affine_cells=True) == 802426
     assert sum(p.numel() for p in space.build(arch).parameters()) == 802426
 
 
@@ -282,20 +282,22 @@ def test_published_parameter_count(space):
 ])
 def test_published_ranges(classes, resolution, params, flops):
     space = NB201(num_classes=classes, resolution=resolution)
-    assert space.params(ALL_NONE) == params[0]
-    assert space.params(ALL_CONV3) == params[1]
+    assert space.params_benchmark(ALL_NONE) == params[0]
+    assert space.params_benchmark(ALL_CONV3) == params[1]
     assert space.flops(ALL_NONE) == pytest.approx(flops[0], abs=1e-9)
     assert space.flops(ALL_CONV3) == pytest.approx(flops[1], abs=1e-9)
     # the extremes of the whole space
     no_conv = ("skip_connect", "avg_pool_3x3", "none", "avg_pool_3x3", "skip_connect", "none")
     assert space.flops(no_conv) == pytest.approx(flops[0], abs=1e-9)
-    assert space.params(no_conv) == params[0]
+    assert space.params_benchmark(no_conv) == params[0]
 
 
 def test_hand_computed_numbers(space):
-    assert space.params(ALL_NONE) == 464 + 14464 + 57600 + 128 + 650
+    assert space.params_benchmark(ALL_NONE) == space.params(ALL_NONE) == 464 + 14464 + 57600 + 128 + 650
     assert space.flops(ALL_NONE) * 1e6 == pytest.approx(442368 + 2 * (1179648 + 2359296 + 131072) + 650)
-    assert space.params(ALL_CONV3) - space.params(ALL_NONE) == 6 * 243040
+    assert space.params_benchmark(ALL_CONV3) - space.params_benchmark(ALL_NONE) == 6 * 243040
+    # the searched network's cell BNs are not affine: 2c fewer per conv edge and cell
+    assert space.params(ALL_CONV3) - space.params(ALL_NONE) == 6 * (243040 - 5 * 2 * (16 + 32 + 64))
     assert (space.flops(ALL_CONV3) - space.flops(ALL_NONE)) * 1e6 == pytest.approx(6 * 35389440)
     # "full" convention on the all-none cell adds BN (2/elem), ReLU (1/input elem), pooling and GAP:
     # stem BN 2*16*1024; residual 1: ReLU 16*1024 + BN 2*32*256 + ReLU 32*256 + BN 2*32*256 + pool 4*16*256;
@@ -313,9 +315,9 @@ def test_hand_computed_numbers(space):
 def test_params_equal_built_module(text, config):
     space = NB201(**config)
     arch = space.parse(text)
-    assert space.params(arch) == sum(p.numel() for p in space.build(arch).parameters())
+    assert space.params_benchmark(arch) == sum(p.numel() for p in space.build(arch).parameters())
     net = space.build(arch, affine_cells=False)
-    assert space.params(arch, affine_cells=False) == sum(p.numel() for p in net.parameters())
+    assert space.params(arch) == space.params(arch, affine_cells=False) == sum(p.numel() for p in net.parameters())
 
 
 def _hook_flops(model: nn.Module, x: torch.Tensor, full: bool) -> int:
@@ -435,7 +437,7 @@ def test_extract_affine_supernet():
     sn = _trained_supernet(space, affine_cells=True)
     arch = space.parse(EXAMPLE)
     net = sn.extract(arch)
-    assert sum(p.numel() for p in net.parameters()) == space.params(arch)
+    assert sum(p.numel() for p in net.parameters()) == space.params(arch, affine_cells=True)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert (net(x) - sn(x, arch)).abs().max().item() < 1e-5
@@ -573,3 +575,24 @@ def test_op_semantics():
         assert not make_op(name, 2, affine=False)[2].affine
     with pytest.raises(ValueError, match="'max_pool_3x3'"):
         make_op("max_pool_3x3", 2)
+
+
+# Dead edges: a conv from a node fed only by `none` edges, and a conv into a node that reaches no output.
+DEAD = ["|none~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|none~1|nor_conv_1x1~2|",
+        "|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|nor_conv_3x3~0|none~1|none~2|"]
+
+
+@pytest.mark.parametrize("text", [PARAM_CHECK, EXAMPLE, *DEAD])
+@pytest.mark.parametrize("config", [{"C": 8, "N": 2, "num_classes": 7, "in_channels": 1, "resolution": 16},
+                                    {"C": 6, "N": 1}])
+def test_params_count_the_searched_and_exported_network(text, config):
+    # the count a search reports is the network `fastnas export` writes: the supernet's extracted path
+    space = NB201(**config)
+    sn = space.supernet()
+    for arch in (space.parse(text), space.canonical(space.parse(text))):
+        exported = sum(p.numel() for p in sn.extract(arch).parameters())
+        assert space.params(arch) == exported
+        assert space.params_benchmark(arch) == sum(p.numel() for p in space.build(arch).parameters()) >= exported
+    arch = space.parse(text)
+    if text in DEAD:  # the representative drops the dead convolutions
+        assert space.params(space.canonical(arch)) < space.params(arch)

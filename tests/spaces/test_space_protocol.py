@@ -99,15 +99,15 @@ def test_cell_graph_validation():
 
 
 def test_plot_layout_of_cell_graphs():
-    from fastnas.run.plots import _layout
+    from fastnas.run.plots import cell_layout
 
-    # the positions the NB201 and DARTS drawings had before the spaces described their cells
-    pos = {k: p for k, (_, p) in _layout(NB201().cell_graph(ARCH)[0]).items()}
-    assert pos == {"in": (0.0, 0.0), "1": (1.6, 0.0), "2": (3.2, 0.0), "out": (3 * 1.6, 0.0)}
-    pos = {k: p for k, (_, p) in _layout(DARTS().cell_graph(DARTS_V2)[0]).items()}
-    assert pos["k-2"] == (0.0, 0.9) and pos["k-1"] == (0.0, -0.9)
-    assert [pos[str(k)] for k in range(4)] == [(1.6 * (k + 1), 0.9 if k % 2 == 0 else -0.9) for k in range(4)]
-    assert pos["out"] == (1.6 * 5, 0.0)
+    # layered left to right: a node one layer right of its rightmost predecessor, a layer's nodes stacked
+    pos = cell_layout(NB201().cell_graph(ARCH)[0])
+    assert [pos[k][0] for k in ("in", "1", "2", "out")] == [0.0, 2.0, 4.0, 6.0]
+    normal = DARTS().cell_graph(DARTS_V2)[0]  # nodes 0, 1, 2 read only the cell inputs; node 3 reads node 0
+    pos = cell_layout(normal)
+    assert pos["k-2"][0] == pos["k-1"][0] == 0.0 and pos["k-2"][1] > pos["k-1"][1]
+    assert {pos[k][0] for k in "012"} == {2.0} and pos["3"][0] == 4.0 and pos["out"][0] == 6.0
 
 
 def test_plot_cell_draws_every_space(tmp_path):
