@@ -10,9 +10,10 @@ from fastnas.spaces.base import (
 )
 from fastnas.spaces.darts import DARTS
 from fastnas.spaces.nb201 import NB201
+from fastnas.spaces.nb201_size import NB201Size
 
 #: The space a run searches when none is named (the no-option ``fastnas search``).
 DEFAULT_SPACE = "nb201"
 
 __all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "NB201", "Presets", "Space",
-           "Supernet", "create_space", "list_spaces", "recalibrate_bn", "register_space"]
+           "Supernet", "NB201Size", "create_space", "list_spaces", "recalibrate_bn", "register_space"]
