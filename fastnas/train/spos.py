@@ -1,6 +1,7 @@
 """Supernet training: the training loop with the sampler of ``TrainConfig.sampler`` -- by default single-path
-one-shot (SPOS), a uniform sampler and single-path steps; per-cell (RLNAS) and strictly fair (FairNAS)
-sampling are the other choices (:mod:`fastnas.train.samplers`).
+one-shot (SPOS), a uniform sampler and single-path steps; per-cell (RLNAS), strictly fair (FairNAS) and
+sandwich sampling of a nested family (:mod:`fastnas.train.family`) are the other choices
+(:mod:`fastnas.train.samplers`).
 
 With the default sampler, each step samples one architecture uniformly
 (:class:`~fastnas.train.samplers.UniformSampler`), runs the whole batch through that path only, and
