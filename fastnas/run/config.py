@@ -114,7 +114,8 @@ def _sections() -> Tuple[Section, ...]:
                         "default_text": "the dataset's; on for CIFAR"},
             "sampler": {"help": "paths per supernet step: uniform (SPOS, one architecture shared by all cells), "
                         "per-cell (RLNAS, each cell its own, all-none nodes redrawn), fair (FairNAS, every op of "
-                        "every edge once per step)"},
+                        "every edge once per step), sandwich (a nested family's largest, smallest and 2 random "
+                        "members, distilled from the largest)"},
             "precision": {"help": "supernet training precision; bf16 autocast is fast only with avx512_bf16/AMX "
                           "or on a GPU"},
             "channels_last": {"default": True, "help": "train the supernet in channels-last memory format, "

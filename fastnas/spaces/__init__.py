@@ -11,9 +11,11 @@ from fastnas.spaces.base import (
 from fastnas.spaces.darts import DARTS
 from fastnas.spaces.elastic_resnet import ElasticResNet
 from fastnas.spaces.nb201 import NB201
+from fastnas.spaces.nb201_size import NB201Size
 
 #: The space a run searches when none is named (the no-option ``fastnas search``).
 DEFAULT_SPACE = "nb201"
 
-__all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "ElasticResNet", "NB201", "Presets", "Space",
-           "Supernet", "create_space", "list_spaces", "recalibrate_bn", "register_space"]
+__all__ = ["BatchedForward", "CellGraph", "CellwiseArch", "DARTS", "DEFAULT_SPACE", "ElasticResNet", "NB201",
+           "NB201Size", "Presets", "Space", "Supernet", "create_space", "list_spaces", "recalibrate_bn",
+           "register_space"]

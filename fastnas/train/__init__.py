@@ -7,6 +7,8 @@ and a step strategy (how a batch trains them) -- and the SPOS supernet trainer b
 * step strategies: :class:`SinglePath` (SPOS), :class:`MultiPath` (several paths, one step),
   :class:`Standalone` (a built network);
 * :func:`train_supernet` -- the loop with the sampler of ``TrainConfig.sampler`` (default uniform SPOS);
+* families: :class:`SandwichSampler` + :class:`Sandwich` (the sandwich rule, in-place distillation),
+  :func:`train_family`, :func:`recalibrate_member`;
 * precision: :func:`bf16_support` (is bf16 native here?);
 * checkpoint files: :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`fingerprint`.
 """
@@ -15,16 +17,19 @@ from __future__ import annotations
 
 from fastnas.train.checkpoint import FORMAT_VERSION, fingerprint, load_checkpoint, save_checkpoint
 from fastnas.train.config import PRECISIONS, SAMPLERS, TrainConfig
+from fastnas.train.family import recalibrate_member, train_family
 from fastnas.train.loop import Checkpointing, Sampler, StepResult, StepStrategy, TrainResult, cosine_lr, train
 from fastnas.train.precision import bf16_support
-from fastnas.train.samplers import FairSampler, FixedSampler, PerCellSampler, UniformSampler, supernet_plan
+from fastnas.train.samplers import (FairSampler, FixedSampler, PerCellSampler, SandwichSampler, UniformSampler,
+                                    sandwich_options, supernet_plan)
 from fastnas.train.spos import CHECKPOINT_KIND, INIT_FILENAME, INIT_KIND, train_step, train_supernet
-from fastnas.train.steps import MultiPath, SinglePath, Standalone, single_path_step
+from fastnas.train.steps import MultiPath, Sandwich, SinglePath, Standalone, distillation_loss, single_path_step
 
 __all__ = [
     "CHECKPOINT_KIND", "FORMAT_VERSION", "INIT_FILENAME", "INIT_KIND", "StepResult", "TrainConfig",
     "TrainResult", "cosine_lr", "fingerprint", "load_checkpoint", "save_checkpoint", "train_step",
     "train_supernet", "train", "Checkpointing", "Sampler", "StepStrategy", "UniformSampler", "FixedSampler",
     "PerCellSampler", "FairSampler", "supernet_plan", "SAMPLERS", "PRECISIONS", "bf16_support",
-    "SinglePath", "MultiPath", "Standalone", "single_path_step",
+    "SinglePath", "MultiPath", "Standalone", "single_path_step", "Sandwich", "SandwichSampler", "distillation_loss",
+    "sandwich_options", "train_family", "recalibrate_member",
 ]

@@ -12,7 +12,7 @@ from fastnas._hints import did_you_mean
 __all__ = ["TrainConfig", "SAMPLERS", "PRECISIONS", "LATER_FIELDS"]
 
 #: Supernet samplers (``TrainConfig.sampler``); see :mod:`fastnas.train.samplers`.
-SAMPLERS = ("uniform", "per-cell", "fair")
+SAMPLERS = ("uniform", "per-cell", "fair", "sandwich")
 #: Training precisions (``TrainConfig.precision``).
 PRECISIONS = ("fp32", "bf16")
 #: Fields added after the first checkpoint format, with the defaults that train as fastnas 0.1 did.
@@ -45,7 +45,9 @@ class TrainConfig:
         sampler: which paths a supernet step trains (:data:`SAMPLERS`): ``uniform`` -- one architecture
             shared by all cells (SPOS); ``per-cell`` -- every searched cell its own, each node redrawn until
             it has a non-``none`` input (RLNAS); ``fair`` -- FairNAS strict fairness, every op of every edge
-            once per step (K paths, gradients summed, one optimizer step). Read by
+            once per step (K paths, gradients summed, one optimizer step); ``sandwich`` -- a nested family's
+            largest, smallest and 2 random members per step, the others distilled from the largest (the
+            sandwich rule; needs a space with ``largest()`` and ``smallest()``). Read by
             :func:`fastnas.train.train_supernet`, not by :func:`fastnas.train.train`.
         precision: ``fp32``, or ``bf16`` (forward and loss under ``torch.autocast`` with bfloat16; weights,
             gradients and the optimizer stay fp32). Fast only where the CPU has native bf16

@@ -1,6 +1,7 @@
 """Supernet training: the training loop with the sampler of ``TrainConfig.sampler`` -- by default single-path
-one-shot (SPOS), a uniform sampler and single-path steps; per-cell (RLNAS) and strictly fair (FairNAS)
-sampling are the other choices (:mod:`fastnas.train.samplers`).
+one-shot (SPOS), a uniform sampler and single-path steps; per-cell (RLNAS), strictly fair (FairNAS) and
+sandwich sampling of a nested family (:mod:`fastnas.train.family`) are the other choices
+(:mod:`fastnas.train.samplers`).
 
 With the default sampler, each step samples one architecture uniformly
 (:class:`~fastnas.train.samplers.UniformSampler`), runs the whole batch through that path only, and
@@ -34,7 +35,7 @@ from fastnas.seeds import derive_seed
 from fastnas.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from fastnas.train.config import LATER_FIELDS, TrainConfig
 from fastnas.train.loop import Checkpointing, StepResult, TrainResult, cosine_lr, train
-from fastnas.train.samplers import supernet_plan
+from fastnas.train.samplers import sandwich_options, supernet_plan
 from fastnas.train.steps import single_path_step
 
 __all__ = ["TrainConfig", "TrainResult", "StepResult", "train_supernet", "train_step", "cosine_lr",
@@ -81,19 +82,28 @@ def _space_identity(space: Any) -> Dict[str, Any]:
     return {"name": getattr(space, "name", type(space).__name__), "config": cfg}
 
 
-def _run_fingerprint(config: TrainConfig, space: Any, supernet: nn.Module) -> str:
+def _run_fingerprint(config: TrainConfig, space: Any, supernet: nn.Module,
+                     sandwich: Optional[Dict[str, Any]] = None) -> str:
     layout = [[k, list(v.shape)] for k, v in supernet.state_dict().items()]
-    return fingerprint({"config": config.identity(), "space": _space_identity(space), "layout": layout})
+    identity: Dict[str, Any] = {"config": config.identity(), "space": _space_identity(space), "layout": layout}
+    if sandwich is not None:  # only for sampler="sandwich": the other samplers' fingerprints stay as they were
+        identity["sandwich"] = sandwich
+    return fingerprint(identity)
 
 
 def _cpu_state(module: nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def _mismatch_hint(payload: Dict[str, Any], config: TrainConfig, space: Any) -> str:
+def _mismatch_hint(payload: Dict[str, Any], config: TrainConfig, space: Any,
+                   sandwich: Optional[Dict[str, Any]] = None) -> str:
     saved_cfg = {**LATER_FIELDS, **(payload.get("config", {}) or {})}  # files of fastnas 0.1 lack them
     diffs = [f"{k}: checkpoint {saved_cfg.get(k)!r} vs now {v!r}" for k, v in config.to_dict().items()
              if saved_cfg.get(k) != v]
+    saved_sandwich = payload.get("sandwich") or {}
+    if sandwich is not None and saved_cfg.get("sampler") == "sandwich":
+        diffs += [f"{k}: checkpoint {saved_sandwich.get(k)!r} vs now {v!r}" for k, v in sandwich.items()
+                  if saved_sandwich.get(k) != v]
     saved_space = payload.get("space", {}) or {}
     now_space = _space_identity(space)
     if saved_space.get("name") != now_space["name"]:
@@ -108,15 +118,19 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                    device: Union[str, torch.device] = "cpu",
                    checkpoint_path: Union[str, Path, None] = None, resume: bool = True,
                    progress: Optional[ProgressFn] = None,
-                   batch_fn: Optional[Callable[[int], Iterable[Batch]]] = None) -> TrainResult:
+                   batch_fn: Optional[Callable[[int], Iterable[Batch]]] = None,
+                   sandwich_k: Optional[int] = None, distill: Optional[bool] = None,
+                   temperature: Optional[float] = None) -> TrainResult:
     """Trains a weight-sharing supernet with the paths of ``config.sampler`` (default: uniform SPOS).
 
     Per step (``sampler="uniform"``): ``arch = space.sample(rng)`` (one path for the whole batch),
     cross-entropy, backward, off-path gradients set to ``None``, gradient clipping over the path, SGD
     step. ``"per-cell"`` trains one :class:`~fastnas.spaces.CellwiseArch` path the same way; ``"fair"``
     the ``K`` paths of ``space.fair_paths`` with summed gradients and one SGD step
-    (:func:`fastnas.train.samplers.supernet_plan`). Per epoch: cosine learning-rate step, then a
-    checkpoint (when ``checkpoint_path`` is given).
+    (:func:`fastnas.train.samplers.supernet_plan`); ``"sandwich"`` a nested family's largest, smallest
+    and ``sandwich_k`` random members with accumulated gradients, the others distilled from the largest
+    (:class:`~fastnas.train.steps.Sandwich`; :func:`fastnas.train.train_family`). Per epoch: cosine
+    learning-rate step, then a checkpoint (when ``checkpoint_path`` is given).
 
     Args:
         supernet: the supernet (moved to ``device`` in place; left in the training mode it had).
@@ -136,6 +150,9 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
         batch_fn: ``batch_fn(epoch) -> iterable of (x, y)`` replaces the built-in batching (e.g. for
             augmentation by the data layer); it must be deterministic in ``epoch`` for resumes to
             reproduce a run.
+        sandwich_k, distill, temperature: the sandwich sampler's random members per step, in-place
+            distillation and its temperature (``None``: 2, True, 1.0); only with ``sampler="sandwich"``.
+            They belong to the run: a checkpoint of other values is not resumed.
 
     Returns:
         A :class:`TrainResult`.
@@ -145,7 +162,9 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
     if not hasattr(supernet, "path_parameters"):
         raise ValueError(f"supernet: {type(supernet).__name__} has no path_parameters(arch); expected a Supernet")
     _check_data(train_x, train_y, batch_fn)
-    sampler, strategy = supernet_plan(config.sampler, space, config.seed)
+    sampler, strategy = supernet_plan(config.sampler, space, config.seed, sandwich_k=sandwich_k, distill=distill,
+                                      temperature=temperature)
+    sandwich = sandwich_options(sandwich_k, distill, temperature) if config.sampler == "sandwich" else None
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     init_path = ckpt.with_name(INIT_FILENAME) if ckpt is not None else None
     if ckpt is not None and ckpt.name == INIT_FILENAME:
@@ -159,15 +178,17 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
             raise ValueError(f"drop_last=True with batch_size={config.batch_size} > N={n} leaves no batches")
         batch_fn = lambda epoch: _tensor_batches(train_x, train_y, config, epoch)  # noqa: E731
 
-    run_fp = _run_fingerprint(config, space, supernet)
+    run_fp = _run_fingerprint(config, space, supernet, sandwich)
     checkpointing = None
     if ckpt is not None:
+        meta: Dict[str, Any] = {"config": config.to_dict(), "space": _space_identity(space)}
+        if sandwich is not None:
+            meta["sandwich"] = sandwich
         checkpointing = Checkpointing(
-            path=ckpt, kind=CHECKPOINT_KIND, fingerprint=run_fp, resume=resume,
-            meta={"config": config.to_dict(), "space": _space_identity(space)},
+            path=ckpt, kind=CHECKPOINT_KIND, fingerprint=run_fp, resume=resume, meta=meta,
             mismatch=lambda payload: (f"checkpoint {str(ckpt)!r} belongs to another run "
-                                      f"({_mismatch_hint(payload, config, space)}); use another checkpoint "
-                                      "path or resume=False"))
+                                      f"({_mismatch_hint(payload, config, space, sandwich)}); use another "
+                                      "checkpoint path or resume=False"))
     initial: Dict[str, Dict[str, torch.Tensor]] = {}
 
     def on_start(payload: Optional[Dict[str, Any]]) -> None:

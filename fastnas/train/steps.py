@@ -5,46 +5,21 @@
 * :class:`MultiPath` -- several paths per batch, gradients summed, one optimizer step (FairNAS's strict
   fairness, with :class:`~fastnas.train.samplers.FairSampler`).
 * :class:`Standalone` -- a plain step on a built network (retraining a found architecture).
+* :class:`Sandwich` -- the sandwich rule of a nested family (slimmable networks, BigNAS; REG-NAS): the
+  largest member, the smallest and ``k`` random ones per batch (the choice of
+  :class:`~fastnas.train.samplers.SandwichSampler`), gradients accumulated, one optimizer step, with
+  optional in-place distillation from the largest member (:func:`distillation_loss`).
 
 A strategy is any object with ``step(model, choice, x, y, optimizer, *, grad_clip, label_smoothing)
 -> StepResult`` (:class:`fastnas.train.loop.StepStrategy`); one that also takes ``precision="bf16"``
-can train under bf16 autocast. The sandwich rule with in-place distillation
-(BigNAS; REG-NAS's nested families) is one more class of this shape, paired with a sampler that returns
-``(largest, smallest, random_1, ..., random_k)``; a sketch::
-
-    class Sandwich:
-        def __init__(self, distill: bool = True, temperature: float = 1.0):
-            self.distill, self.t = distill, temperature
-
-        def step(self, model, archs, x, y, optimizer, *, grad_clip=0.0, label_smoothing=0.0):
-            optimizer.zero_grad(set_to_none=True)
-            teacher = None
-            for k, arch in enumerate(archs):            # largest first
-                logits = model(x, arch)
-                if k == 0 or not self.distill:
-                    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-                else:                                     # in-place distillation from the largest
-                    loss = F.kl_div(F.log_softmax(logits / self.t, 1), teacher, reduction="batchmean")
-                if k == 0:
-                    teacher = F.softmax(logits.detach() / self.t, 1)
-                    first, hits = loss.detach(), (logits.detach().argmax(1) == y).sum()
-                loss.backward()                           # gradients accumulate over the archs
-            on_paths = {getattr(e, "name", e) for a in archs for e in model.path_parameters(a)}
-            for name, p in model.named_parameters():
-                if name not in on_paths:
-                    p.grad = None                         # off every path: no decay, no momentum
-            params = [p for n, p in model.named_parameters() if p.grad is not None]
-            norm = nn.utils.clip_grad_norm_(params, grad_clip).detach() if grad_clip > 0 else None
-            optimizer.step()                              # one optimizer step per batch
-            return StepResult(first, hits, norm)
-
-    train(supernet, Sandwich(), SandwichSampler(space, k=2, seed=0), batches, config)
+can train under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, List, Optional, Sequence, Tuple
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +28,7 @@ from torch import nn
 from fastnas.train.loop import StepResult
 from fastnas.train.precision import autocast_for
 
-__all__ = ["SinglePath", "MultiPath", "Standalone", "single_path_step"]
+__all__ = ["SinglePath", "MultiPath", "Sandwich", "Standalone", "single_path_step", "distillation_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +41,15 @@ def _logits(out: Any) -> torch.Tensor:
 
 def _entry_name(entry: Any) -> str:
     return entry if isinstance(entry, str) else entry.name
+
+
+def _forward_logits(model: nn.Module, args: tuple, precision: str) -> torch.Tensor:
+    """``model(*args)``'s logits, in fp32 (with bf16 the forward runs under autocast)."""
+    if precision == "fp32":
+        return _logits(model(*args))
+    with autocast_for(precision, args[0].device):
+        logits = _logits(model(*args))
+    return logits.float()
 
 
 def _forward_loss(model: nn.Module, args: tuple, y: torch.Tensor, label_smoothing: float,
@@ -202,6 +186,140 @@ class MultiPath:
 
     def __repr__(self) -> str:
         return "MultiPath()"
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """In-place distillation: ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``, batch mean.
+
+    The teacher's logits are detached (no gradient reaches the teacher through this term). The ``T^2``
+    factor (Hinton et al.) keeps the gradient's scale independent of the temperature; at ``T = 1`` it is
+    the plain KL divergence. Plain PyTorch::
+
+        p = softmax(teacher / T, 1); q = log_softmax(student / T, 1)
+        T**2 * (p * (log(p) - q)).sum(1).mean()
+
+    Args:
+        student_logits: ``(B, K)``.
+        teacher_logits: ``(B, K)``.
+        temperature: ``T > 0``.
+
+    Returns:
+        A scalar tensor.
+    """
+    t = float(temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student_logits has shape {tuple(student_logits.shape)} but teacher_logits "
+                         f"{tuple(teacher_logits.shape)}; expected the same (B, K)")
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+def _coverage(model: nn.Module, archs: Sequence[Any]) -> Tuple[set, Dict[str, List[Tuple[Tuple[int, int], ...]]]]:
+    """``(names, partial)``: every parameter some member uses, and for those that every member uses only
+    through slices, the slices' index boxes."""
+    whole: set = set()
+    boxes: Dict[str, List[Tuple[Tuple[int, int], ...]]] = {}
+    for arch in archs:
+        for e in model.path_parameters(arch):
+            if isinstance(e, str):
+                whole.add(e)
+            else:
+                boxes.setdefault(e.name, []).append(tuple(e.index))
+    return whole | set(boxes), {n: b for n, b in boxes.items() if n not in whole}
+
+
+class Sandwich:
+    """The sandwich rule: every member of the choice forward and backward on the whole batch, gradients
+    accumulated, one optimizer step; optional in-place distillation from the first member.
+
+    The choice is ``(largest, smallest, random_1, ..., random_k)``
+    (:class:`~fastnas.train.samplers.SandwichSampler`); the first member is the teacher. Loss per member:
+    the first, cross-entropy with the labels (with ``label_smoothing``); the others, with ``distill=True``,
+    :func:`distillation_loss` against the first member's detached logits at ``temperature`` (scaled by
+    ``T^2``), else cross-entropy too. Semantics of the one step:
+
+    * gradient: the *sum* over the members (each member's loss backpropagated in turn, as BigNAS and
+      slimmable networks do, not averaged); members share weights through slices, so the gradients of a
+      shared block accumulate on the one full tensor;
+    * a parameter no member uses has its gradient set to ``None`` and is skipped by the optimizer (no weight
+      decay, no momentum), as in :func:`single_path_step`; so is one whose backward never reaches;
+    * finer than :class:`SinglePath` / :class:`MultiPath` (where a slice makes its whole tensor take the
+      step): the elements of a tensor outside every member's slice are left untouched too -- they and
+      their optimizer state (momentum buffer; any state tensor of the parameter's shape) are put back
+      after the step, so weight decay and momentum act only on what some member of the step used. With
+      the sandwich sampler the largest member uses whole tensors, so this concerns only tensors the
+      largest member lacks (e.g. projections of members whose width changes);
+    * clipping: the total norm of the summed gradients over the members' parameters;
+    * BatchNorm running statistics move once per member (their slices of the statistics);
+    * reported: the first (largest) member's cross-entropy and top-1 hits -- the distillation terms are
+      not cross-entropies.
+
+    Args:
+        distill: in-place distillation of the other members from the first.
+        temperature: the distillation temperature ``T > 0``.
+    """
+
+    def __init__(self, distill: bool = True, temperature: float = 1.0) -> None:
+        if not isinstance(distill, bool):
+            raise ValueError(f"distill={distill!r}: expected True or False")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"temperature={temperature!r}: expected a number > 0")
+        self.distill = distill
+        self.temperature = float(temperature)
+
+    def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
+             optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
+             label_smoothing: float = 0.0, precision: str = "fp32") -> StepResult:
+        archs = tuple(choice) if isinstance(choice, (tuple, list)) else ()
+        if not archs:
+            raise ValueError(f"choice={choice!r}: Sandwich needs a non-empty tuple of architectures, the teacher "
+                             "(largest) first")
+        optimizer.zero_grad(set_to_none=True)
+        teacher: Optional[torch.Tensor] = None
+        first_loss = hits = None
+        for k, arch in enumerate(archs):
+            logits = _forward_logits(model, (x, arch), precision)
+            if k == 0 or not self.distill:
+                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            else:
+                loss = distillation_loss(logits, teacher, self.temperature)
+            if k == 0:
+                teacher = logits.detach()
+                first_loss = loss.detach()
+                with torch.no_grad():
+                    hits = (teacher.argmax(dim=1) == y).sum()
+            loss.backward()  # gradients accumulate over the members; each graph is freed in turn
+
+        names, partial = _coverage(model, archs)
+        held = []
+        if partial:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, index_boxes in partial.items():
+                    p = params.get(name)
+                    if p is None or p.grad is None:
+                        continue
+                    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+                    for box in index_boxes:
+                        mask[tuple(slice(a, b) for a, b in box)] = True
+                    if bool(mask.all()):
+                        continue
+                    state = {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
+                             if torch.is_tensor(v) and v.shape == p.shape}
+                    held.append((p, mask, p.detach().clone(), state))
+        grad_norm = _update_paths(model, names, archs, optimizer, grad_clip)
+        with torch.no_grad():
+            for p, mask, old, state in held:
+                p.copy_(torch.where(mask, p, old))
+                for key, v in optimizer.state.get(p, {}).items():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.copy_(torch.where(mask, v, state[key] if key in state else torch.zeros_like(v)))
+        return StepResult(first_loss, hits, grad_norm)
+
+    def __repr__(self) -> str:
+        return f"Sandwich(distill={self.distill}, temperature={self.temperature:g})"
 
 
 class Standalone:

@@ -27,7 +27,8 @@ from _nested_space import NestedSpace
 from _tiny_space import TinySpace
 
 #: Small sizes per registered space (generic keywords); unlisted spaces get channels=4, resolution=8.
-SMALL = {"nb201": {"cells": 1}, "darts": {"cells": 3}, "elastic_resnet": {"cells": 2}}
+SMALL = {"nb201": {"cells": 1}, "darts": {"cells": 3}, "elastic_resnet": {"cells": 2},
+         "nb201_size": {"candidates": (2, 4)}}
 SPACES = [*list_spaces(), "tiny", "nested"]
 B, RES = 4, 8
 

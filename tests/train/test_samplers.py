@@ -9,13 +9,15 @@ import random
 import pytest
 
 from fastnas.seeds import derive_seed
-from fastnas.spaces import DARTS, NB201, CellwiseArch
+from fastnas.spaces import DARTS, NB201, CellwiseArch, NB201Size
 from fastnas.spaces.nb201 import EDGES, OPS
 from fastnas.train import (SAMPLERS, FairSampler, MultiPath, PerCellSampler, SinglePath, UniformSampler,
                            supernet_plan)
 
 
-def _space(N=2):
+def _space(N=2, sampler="uniform"):
+    if sampler == "sandwich":  # needs a nested family
+        return NB201Size(candidates=(2, 4), resolution=8)
     return NB201(C=4, N=N, resolution=8)
 
 
@@ -30,9 +32,9 @@ def _connected(cell) -> bool:
 
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_choices_are_a_function_of_seed_and_step(name):
-    space = _space()
+    space = _space(sampler=name)
     a, _ = supernet_plan(name, space, seed=3)
-    b, _ = supernet_plan(name, _space(), seed=3)
+    b, _ = supernet_plan(name, _space(sampler=name), seed=3)
     other, _ = supernet_plan(name, space, seed=4)
     steps = [0, 1, 7, 1000]
     first = [a.sample(s) for s in steps]
