@@ -180,7 +180,8 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
         create_space(config.space)  # raises the registry's ValueError with close matches
     device = resolve_device(config.device)
     if config.truth is not None and not Path(config.truth).is_file():
-        raise ValueError(f"truth={config.truth!r}: no such file (expected a CSV of architecture, accuracy)")
+        raise ValueError(f"--truth {config.truth!r}: no such file (expected a CSV with an arch and an accuracy "
+                         "column, e.g. the table of fastnas groundtruth)")
     t0 = time.perf_counter()
     dataset = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
     try:
@@ -273,19 +274,28 @@ def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_
 
 
 def _check_files(p: Prepared) -> None:
-    """Loads each checkpoint/state a resume will read, so a corrupt one fails before anything runs."""
+    """Loads each checkpoint/state a resume will read, so a corrupt one fails before anything runs; the
+    ``ValueError`` names every file that cannot be read, not only the first."""
+    from fastnas.run.retrain import RETRAIN_KIND
     from fastnas.train import CHECKPOINT_KIND, INIT_KIND, load_checkpoint
 
     d = p.run_dir
-    if (d / d.SUPERNET).exists():
-        load_checkpoint(d / d.SUPERNET, expected_kind=CHECKPOINT_KIND)
-    if (d / d.SUPERNET_INIT).exists():
-        load_checkpoint(d / d.SUPERNET_INIT, expected_kind=INIT_KIND)
-    if (d / d.SEARCH_STATE).exists():
-        _read_search_state(d)
-    if (d / d.RETRAIN).exists():
-        from fastnas.run.retrain import RETRAIN_KIND
-        load_checkpoint(d / d.RETRAIN, expected_kind=RETRAIN_KIND)
+    checks = [(d.SUPERNET, lambda: load_checkpoint(d / d.SUPERNET, expected_kind=CHECKPOINT_KIND)),
+              (d.SUPERNET_INIT, lambda: load_checkpoint(d / d.SUPERNET_INIT, expected_kind=INIT_KIND)),
+              (d.SEARCH_STATE, lambda: _read_search_state(d)),
+              (d.RETRAIN, lambda: load_checkpoint(d / d.RETRAIN, expected_kind=RETRAIN_KIND))]
+    problems = []
+    for name, check in checks:
+        if (d / name).exists():
+            try:
+                check()
+            except ValueError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError(f"run {str(d.path)!r} has {len(problems)} unreadable files: "
+                         + "; ".join(f"({i}) {msg}" for i, msg in enumerate(problems, start=1)))
 
 
 def _read_search_state(d: RunDir) -> Dict[str, Any]:
