@@ -1,4 +1,8 @@
-"""What the CLI shows while a run works: tqdm bars (or log lines with ``--quiet``), and the test hook.
+"""What the CLI shows while a run works: tqdm bars on a terminal, log lines otherwise, and the test hook.
+
+Bars need a terminal: into a file or a pipe (a log, CI, ``| tee``) their carriage returns would fill it
+with redrawn lines, so there, as with ``--quiet``, progress is written as plain log lines: one per epoch
+and per generation, and for long stretches between them one every :data:`LINE_SECONDS`.
 
 Test hook: ``FASTNAS_TEST_KILL_AT=<phase>:<n>`` makes the process kill itself with SIGKILL (no cleanup,
 like ``kill -9``) at a chosen point, so tests can check that ``--resume`` recovers from a kill anywhere:
@@ -21,9 +25,12 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-__all__ = ["Display", "setup_logging", "KILL_ENV"]
+__all__ = ["Display", "setup_logging", "line_mode", "KILL_ENV", "LINE_SECONDS"]
 
 KILL_ENV = "FASTNAS_TEST_KILL_AT"
+
+#: In line mode, a progress line at least this often while a phase works (between epoch/generation lines).
+LINE_SECONDS = 30.0
 
 log = logging.getLogger("fastnas.cli")
 
@@ -40,8 +47,19 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+def line_mode(quiet: bool) -> bool:
+    """Whether progress is written as log lines: with ``--quiet``, or when stderr is not a terminal."""
+    if quiet:
+        return True
+    try:
+        return not sys.stderr.isatty()
+    except (AttributeError, ValueError):  # no stream, or a closed one
+        return True
+
+
 def setup_logging(quiet: bool) -> None:
-    """``fastnas`` loggers to stderr: INFO lines with ``--quiet`` (no bars), warnings otherwise."""
+    """``fastnas`` loggers to stderr: INFO lines in :func:`line_mode` (no bars), warnings otherwise."""
+    quiet = line_mode(quiet)
     logger = logging.getLogger("fastnas")
     for h in list(logger.handlers):
         if getattr(h, "_fastnas_cli", False):
@@ -67,14 +85,24 @@ def _kill_point() -> Optional[tuple]:
 
 
 class Display:
-    """``progress(event, info)`` callback of :class:`fastnas.run.pipeline.Run`: bars or log lines."""
+    """``progress(event, info)`` callback of :class:`fastnas.run.pipeline.Run`: bars on a terminal, else
+    log lines (``quiet`` asks for lines on a terminal too; see :func:`line_mode`)."""
 
     def __init__(self, quiet: bool = False) -> None:
-        self.quiet = quiet
+        self.quiet = line_mode(quiet)  # True: log lines, no bars
         self.bars: Dict[str, Any] = {}
         self.kill_at = _kill_point()
         self.best: Optional[float] = None
         self._last_refresh = 0.0
+        self._last_line = time.monotonic()
+
+    def _line_due(self) -> bool:
+        """In line mode, whether :data:`LINE_SECONDS` have passed since the last progress line."""
+        now = time.monotonic()
+        if not self.quiet or now - self._last_line < LINE_SECONDS:
+            return False
+        self._last_line = now
+        return True
 
     # ---- bars
 
@@ -111,7 +139,12 @@ class Display:
         if info["status"] == "end":
             self._close(info["name"])
         if self.quiet:
+            self._last_line = time.monotonic()
             log.info("%s: %s", info["name"], "started" if info["status"] == "start" else "done")
+
+    def on_run_finished(self, info: Dict[str, Any]) -> None:
+        print(f"fastnas: run {info['path']} is finished and this resume changes none of its settings: nothing "
+              "was redone or rewritten; its result:", file=sys.stderr, flush=True)
 
     def on_train_start(self, info: Dict[str, Any]) -> None:
         if info.get("resumed"):
@@ -128,9 +161,13 @@ class Display:
             if now - self._last_refresh > 0.5:  # per-step news, at most twice a second
                 self._last_refresh = now
                 bar.refresh()
+        elif self._line_due():
+            log.info("supernet epoch %d: step %d/%s, loss %.4f", info["epoch"] + 1, info["step"] + 1,
+                     info["steps_per_epoch"] or "?", info["loss"])
         self._maybe_kill("train", info["global_step"])
 
     def on_train_epoch(self, info: Dict[str, Any]) -> None:
+        self._last_line = time.monotonic()  # the trainer logs the epoch's line
         bar = self.bars.get("train")
         if bar is not None:
             bar.set_postfix_str(f"loss {info['loss']:.3f} acc {100 * info['accuracy']:.1f}%", refresh=False)
@@ -152,12 +189,17 @@ class Display:
             bar.set_postfix_str(f"gen {info['generation']} best {self.best:.4g}" if self.best is not None
                                 else f"gen {info['generation']}", refresh=False)
             bar.update(1)
+        elif self._line_due():
+            best = f", best {self.best:.5g}" if self.best is not None else ""
+            log.info("scored %d/%s candidates (generation %d)%s", info["n_scored"], info["total"] or "?",
+                     info["generation"] + 1, best)
         self._maybe_kill("search", info["n_scored"])
 
     def on_search_generation(self, info: Dict[str, Any]) -> None:
         best = info["best"]
         msg = f"generation {info['generation'] + 1}/{info['generations']}: best {best.score:.5g} {best.text}"
         if self.quiet:
+            self._last_line = time.monotonic()
             log.info(msg)
 
     def on_retrain_start(self, info: Dict[str, Any]) -> None:

@@ -14,6 +14,22 @@ from fastnas.data.dataset import Dataset, from_tensors
 __all__ = ["load_npz", "load_digits"]
 
 
+_SAVE = "numpy.savez(path, x=images, y=labels[, x_test=..., y_test=...])"
+
+
+def _check_archive(p: Path) -> None:
+    """A ``.npz`` is a zip archive of ``.npy`` files; anything else (a text file, a lone ``.npy``) is named
+    for what it is, before numpy would try to read it as a pickle."""
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(b"PK"):
+        return
+    if head.startswith(b"\x93NUMPY"):
+        raise ValueError(f"{p}: a single .npy array, not a .npz archive; save the data with {_SAVE}")
+    what = "the file is empty" if not head else f"it starts with {head!r}, not the zip signature b'PK'"
+    raise ValueError(f"{p}: not a valid .npz archive ({what}); save the data with {_SAVE}")
+
+
 def load_npz(path: PathLike, data_dir: Optional[PathLike] = None, seed: int = 0, **kw) -> Dataset:
     """A dataset from a ``.npz`` file with arrays ``x`` and ``y`` (optionally ``x_test``, ``y_test``).
 
@@ -31,11 +47,18 @@ def load_npz(path: PathLike, data_dir: Optional[PathLike] = None, seed: int = 0,
     if not p.is_file():
         raise not_found(f"npz dataset {str(path)!r}", tried,
                         "Save your data with numpy.savez(path, x=images, y=labels[, x_test=..., y_test=...]).")
+    _check_archive(p)
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{p}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        if "pickle" in str(e):  # numpy's message advises allow_pickle=True: unsafe for a file from elsewhere
+            raise ValueError(f"{p}: holds object (pickled) arrays, which fastnas does not load (loading them "
+                             f"can run code); save plain numeric arrays with {_SAVE}") from None
+        raise ValueError(f"{p}: not a valid .npz archive ({e}); save the data with {_SAVE}") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{p}: not a valid .npz archive ({type(e).__name__}: {e}); save the data with "
+                         f"{_SAVE}") from None
     for k in ("x", "y"):
         if k not in arrays:
             raise ValueError(f"{p}: missing array {k!r} (has {sorted(arrays)}); expected x, y "

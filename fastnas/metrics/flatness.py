@@ -211,9 +211,18 @@ def result_from_eval(r: EvalResult, alpha: float, eps: float, report: Optional[D
 
 def _stack_data(data: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` tensors from a tensor pair, a DataLoader or an iterable of ``(x, y)`` batches."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data) \
-            and data[1].dim() == 1 and data[0].shape[:1] == data[1].shape[:1]:
-        return data[0], data[1]
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if x.dim() == 0 or y.dim() == 0:
+            raise ValueError(f"data: x has shape {tuple(x.shape)} and y {tuple(y.shape)}; expected x of shape "
+                             "(N, ...) and labels y of shape (N,)")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"data: x has {x.shape[0]} samples but y has {y.shape[0]}; expected as many labels "
+                             "as samples")
+        if y.dim() != 1:
+            raise ValueError(f"data: y has shape {tuple(y.shape)}; expected labels of shape (N,) = "
+                             f"({x.shape[0]},)")
+        return x, y
     if isinstance(data, torch.Tensor):
         raise ValueError("data: got a single tensor; expected (x, y) tensors, a DataLoader or (x, y) batches")
     try:
@@ -231,6 +240,15 @@ def _stack_data(data: Any) -> Tuple[torch.Tensor, torch.Tensor]:
     if not xs:
         raise ValueError("data: no batches; expected at least one (x, y) batch")
     return torch.cat(xs), torch.cat(ys)
+
+
+def _check_model_dtype(model: nn.Module) -> None:
+    """Only float32 models: the evaluator stages the data as float32 (and ``precision="bf16"`` runs a float32
+    model under autocast); another dtype would fail deep in torch with a dtype mismatch."""
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.is_floating_point()})
+    if dtypes and dtypes != ["float32"]:
+        raise ValueError(f"model: its parameters are {', '.join(dtypes)}; fastnas.flatness scores float32 models "
+                         "(precision='bf16' runs them under bf16 autocast); call model.float() first")
 
 
 def flatness(model: nn.Module, data: Any, sigmas: Sequence[float], alpha: float = 1.0, samples: int = 1,
@@ -268,6 +286,7 @@ def flatness(model: nn.Module, data: Any, sigmas: Sequence[float], alpha: float 
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model: expected an nn.Module, got {type(model).__name__}")
+    _check_model_dtype(model)
     sig = check_sigmas(sigmas)
     check_choice("noise", noise, NOISE_MODES)
     check_choice("precision", precision, PRECISIONS)

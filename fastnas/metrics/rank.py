@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -198,8 +199,7 @@ def pick_column(fieldnames: Sequence[str], given: Optional[str], exact: Sequence
         return fuzzy[0]
     detail = f"several columns contain {stem!r}: {fuzzy}" if fuzzy else f"no column is named like {list(exact)}"
     raise ValueError(f"cannot tell which column of {os.fspath(path)!r} holds the {what.split('_')[0]}: "
-                     f"{detail}; columns are {list(fieldnames)}; name it with {what}=... "
-                     f"(on the command line: --{what.replace('_', '-')} NAME)")
+                     f"{detail}; columns are {list(fieldnames)}; name it with {what}=NAME")
 
 
 def load_ground_truth(csv_path: PathLike, arch_column: Optional[str] = None,
@@ -212,9 +212,13 @@ def load_ground_truth(csv_path: PathLike, arch_column: Optional[str] = None,
     Empty accuracy cells read as NaN (dropped by :func:`correlate`).
 
     Raises:
+        FileNotFoundError: there is no file ``csv_path``.
         ValueError: the columns cannot be found (the message lists them), a cell is not a number, or an
             architecture appears twice with different accuracies.
     """
+    if not Path(csv_path).is_file():
+        raise FileNotFoundError(f"csv_path={os.fspath(csv_path)!r}: no such file (expected a CSV with an "
+                                "architecture and an accuracy column)")
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         fieldnames = reader.fieldnames

@@ -15,10 +15,12 @@ only while its phase has not started, so a resumed run can never mix settings.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from fastnas._hints import did_you_mean
 from fastnas.run.settings import Section, Setting, derive_settings, flat_names
@@ -354,11 +356,31 @@ def _validate(v: Dict[str, Any]) -> None:
         from fastnas.metrics import Metric
 
         Metric.parse(v["metric"]).with_gamma(v["gamma"])
-    SECTION["train"].build(_train_filled(v), seed=v["seed"])
     from fastnas.search import check_searcher_config
 
-    check_searcher_config(v["searcher"], SECTION["search"].build(_search_filled(v), seed=0))
-    SECTION["score"].build(v, seed=v["seed"])
+    with _setting_names("train"):
+        SECTION["train"].build(_train_filled(v), seed=v["seed"])
+    with _setting_names("search"):
+        check_searcher_config(v["searcher"], SECTION["search"].build(_search_filled(v), seed=0))
+    with _setting_names("score"):
+        SECTION["score"].build(v, seed=v["seed"])
+
+
+@contextlib.contextmanager
+def _setting_names(section: str) -> Iterator[None]:
+    """A component config's ``ValueError`` names its own fields (``FlatnessConfig``'s ``bn_batches=``, its
+    ``batch_size=``); re-raised naming the run's settings (``recal_batches=``, ``score_batch_size=``)."""
+    renames = {s.target: s.name for s in SECTION[section].settings if s.target}
+    try:
+        yield
+    except ValueError as e:
+        if not renames:
+            raise
+        text = re.sub(r"(?<![\w\-./'\"])([a-z][a-z0-9_]*)=",
+                      lambda m: renames.get(m.group(1), m.group(1)) + "=", str(e))
+        if text == str(e):
+            raise
+        raise ValueError(text) from None
 
 
 def parse_sigmas(value: Any) -> Tuple[float, ...]:

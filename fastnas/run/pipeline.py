@@ -23,11 +23,11 @@ import datetime
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 
-from fastnas.run.config import PHASE_KEYS, RECIPE_FALLBACK, RECIPE_KEYS, SESSION_KEYS, RunConfig
+from fastnas.run.config import PHASE_KEYS, RECIPE_FALLBACK, RECIPE_KEYS, SESSION_KEYS, SETTINGS, RunConfig
 from fastnas.seeds import derive_seed, derive_seed as derived_seed  # derived_seed: old name, used by Run.search
 from fastnas.run.rundir import RunDir, read_json, write_json_atomic
 
@@ -112,7 +112,12 @@ def merge_resume(saved: RunConfig, given: Dict[str, Any], state: Dict[str, Any],
 
 @dataclasses.dataclass
 class Prepared:
-    """A validated run, its data loaded; nothing written yet."""
+    """A validated run, its data loaded; nothing written yet.
+
+    ``config`` has every setting decided; ``given`` holds what the user gave (and the true defaults),
+    with the decided values of the phases that had started, as ``config.toml`` records it; ``saved`` is
+    what ``config.toml`` held before this session (``None`` for a new run).
+    """
 
     config: RunConfig
     run_dir: RunDir
@@ -125,6 +130,8 @@ class Prepared:
     valid_full: Pair
     device: torch.device
     data_seconds: float
+    given: Optional[RunConfig] = None
+    saved: Optional[RunConfig] = None
 
 
 def _subset(pair: Pair, n: int, seed: int, purpose: str) -> Pair:
@@ -161,7 +168,8 @@ def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
             "in_channels": dataset.in_channels, "resolution": dataset.resolution}
 
 
-def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any]) -> Prepared:
+def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any],
+          saved: Optional[RunConfig] = None) -> Prepared:
     from fastnas.data import load_dataset, split_for_search
     from fastnas.ops import check_env_backend
     from fastnas.spaces import create_space, list_spaces
@@ -172,7 +180,8 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
         create_space(config.space)  # raises the registry's ValueError with close matches
     device = resolve_device(config.device)
     if config.truth is not None and not Path(config.truth).is_file():
-        raise ValueError(f"truth={config.truth!r}: no such file (expected a CSV of architecture, accuracy)")
+        raise ValueError(f"--truth {config.truth!r}: no such file (expected a CSV with an arch and an accuracy "
+                         "column, e.g. the table of fastnas groundtruth)")
     t0 = time.perf_counter()
     dataset = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
     try:
@@ -194,13 +203,14 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     if not resumed:  # which settings the space's recipe decided: recorded in state.json and config.toml
         state["recipe"] = {"space": config.space, "data": config.data,
                            "values": {k: v for k, v in recipe.items() if getattr(config, k) is None}}
+    given = config
     config = config.resolved({**_defaults(config, dataset), **RECIPE_FALLBACK, **recipe})
     from fastnas.train import supernet_plan
 
     supernet_plan(config.sampler, space, config.seed)  # a sampler the space lacks fails before anything runs
     return Prepared(config=config, run_dir=run_dir, resumed=resumed, state=state, dataset=dataset, space=space,
                     train=train, valid=valid, valid_full=valid_full, device=device,
-                    data_seconds=time.perf_counter() - t0)
+                    data_seconds=time.perf_counter() - t0, given=given, saved=saved)
 
 
 def space_recipe(config: RunConfig, space: Any) -> Dict[str, Any]:
@@ -256,7 +266,7 @@ def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_
         config = _with_changes(saved, changes)
     else:
         config = merge_resume(saved, dict(given or {}), state, str(path))
-    prepared = _load(config, run_dir, True, state)
+    prepared = _load(config, run_dir, True, state, saved=None if read_only else saved)
     if prepared.config.augment != saved.augment and state["phases"].get("train") is not None:
         raise ValueError(f"run {path!r}: augment changed since the supernet was trained")
     _check_files(prepared)
@@ -264,19 +274,28 @@ def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_
 
 
 def _check_files(p: Prepared) -> None:
-    """Loads each checkpoint/state a resume will read, so a corrupt one fails before anything runs."""
+    """Loads each checkpoint/state a resume will read, so a corrupt one fails before anything runs; the
+    ``ValueError`` names every file that cannot be read, not only the first."""
+    from fastnas.run.retrain import RETRAIN_KIND
     from fastnas.train import CHECKPOINT_KIND, INIT_KIND, load_checkpoint
 
     d = p.run_dir
-    if (d / d.SUPERNET).exists():
-        load_checkpoint(d / d.SUPERNET, expected_kind=CHECKPOINT_KIND)
-    if (d / d.SUPERNET_INIT).exists():
-        load_checkpoint(d / d.SUPERNET_INIT, expected_kind=INIT_KIND)
-    if (d / d.SEARCH_STATE).exists():
-        _read_search_state(d)
-    if (d / d.RETRAIN).exists():
-        from fastnas.run.retrain import RETRAIN_KIND
-        load_checkpoint(d / d.RETRAIN, expected_kind=RETRAIN_KIND)
+    checks = [(d.SUPERNET, lambda: load_checkpoint(d / d.SUPERNET, expected_kind=CHECKPOINT_KIND)),
+              (d.SUPERNET_INIT, lambda: load_checkpoint(d / d.SUPERNET_INIT, expected_kind=INIT_KIND)),
+              (d.SEARCH_STATE, lambda: _read_search_state(d)),
+              (d.RETRAIN, lambda: load_checkpoint(d / d.RETRAIN, expected_kind=RETRAIN_KIND))]
+    problems = []
+    for name, check in checks:
+        if (d / name).exists():
+            try:
+                check()
+            except ValueError as e:
+                problems.append(str(e))
+    if len(problems) == 1:
+        raise ValueError(problems[0])
+    if problems:
+        raise ValueError(f"run {str(d.path)!r} has {len(problems)} unreadable files: "
+                         + "; ".join(f"({i}) {msg}" for i, msg in enumerate(problems, start=1)))
 
 
 def _read_search_state(d: RunDir) -> Dict[str, Any]:
@@ -294,21 +313,63 @@ def _read_search_state(d: RunDir) -> Dict[str, Any]:
 
 
 class _Timer:
-    """Seconds per phase, accumulated across sessions in ``state["timings"]``."""
+    """Seconds per phase, accumulated across sessions in ``state["timings"]``.
 
-    def __init__(self, timings: Dict[str, float]) -> None:
-        self.timings = timings
+    The phase in progress is written to ``state.json`` as it goes (:meth:`tick`: at every checkpoint, and
+    otherwise at most every :attr:`FLUSH_SECONDS`), so the time of a session killed mid-phase still counts
+    after ``--resume``; at most the seconds since the last write are lost.
+    """
+
+    FLUSH_SECONDS = 5.0
+
+    def __init__(self, state: Dict[str, Any], save: Callable[[], None]) -> None:
+        self.state = state
+        self.save = save
+        self.done: Dict[str, float] = {k: float(v) for k, v in state.setdefault("timings", {}).items()}
+        self.live: Dict[str, float] = {}  # what the phase in progress has spent so far in this session
+        self._phase: Optional[Tuple[str, float]] = None
+        self._flushed = time.monotonic()
+
+    def _sync(self) -> None:
+        keys = list(self.done) + [k for k in self.live if k not in self.done]
+        self.state["timings"] = {k: self.done.get(k, 0.0) + self.live.get(k, 0.0) for k in keys}
 
     def add(self, name: str, seconds: float) -> None:
-        self.timings[name] = self.timings.get(name, 0.0) + float(seconds)
+        self.done[name] = self.done.get(name, 0.0) + float(seconds)
+        self._sync()
+
+    def tick(self, live: Optional[Dict[str, float]] = None, *, force: bool = False) -> None:
+        """Updates the time of the phase in progress (``live``: its parts' seconds so far, else the
+        seconds since :meth:`phase` began) and writes ``state.json`` if ``force`` or it is due."""
+        if live is not None:
+            self.live = {k: float(v) for k, v in live.items()}
+        elif self._phase is not None:
+            self.live = {self._phase[0]: time.perf_counter() - self._phase[1]}
+        self._sync()
+        now = time.monotonic()
+        if force or now - self._flushed >= self.FLUSH_SECONDS:
+            self._flushed = now
+            self.save()
+
+    def commit(self) -> None:
+        """Adds the phase in progress to the finished time (its end)."""
+        for k, v in self.live.items():
+            self.done[k] = self.done.get(k, 0.0) + v
+        self.live = {}
+        self._sync()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        self._phase = (name, time.perf_counter())
         try:
             yield
+        except BaseException:
+            self.tick(force=True)  # Ctrl-C or an error: the time spent so far still counts
+            raise
         finally:
-            self.add(name, time.perf_counter() - t0)
+            self.tick()
+            self._phase = None
+            self.commit()
 
 
 class Run:
@@ -328,7 +389,7 @@ class Run:
         self.state = prepared.state
         self.device = prepared.device
         self.progress = progress or (lambda event, info: None)
-        self.timer = _Timer(self.state.setdefault("timings", {}))
+        self.timer = _Timer(self.state, lambda: self.dir.save_state(self.state))
         self.supernet: Any = None
         self.initial_state: Optional[Dict[str, torch.Tensor]] = None
         self.train_result: Any = None
@@ -342,18 +403,71 @@ class Run:
         self.state["phases"][phase] = status
         self.dir.save_state(self.state)
 
+    def recorded(self, phases: Iterable[str]) -> RunConfig:
+        """What ``config.toml`` records: the settings given (and the true defaults), and the values decided
+        for the "choose for me" settings of ``phases`` -- a phase's are decided when it starts, so a
+        setting derived from another one (``mutations`` from ``population``) is never frozen before
+        its phase has begun, and a resume may still change what it derives from."""
+        given = self.p.given or self.config
+        phases = set(phases)
+        fill = {k: v for k, v in self.config.to_dict().items()
+                if getattr(given, k) is None and SETTINGS[k].phase in phases}
+        return given.replace(**fill)
+
+    def _notes(self, record: RunConfig) -> Dict[str, str]:
+        """A comment for each recorded value that fastnas chose: the space's recipe, or the default's rule."""
+        given = self.p.given or self.config
+        notes = {k: f"default: {SETTINGS[k].default_text}" for k in SETTINGS
+                 if getattr(given, k) is None and getattr(record, k) is not None and SETTINGS[k].default_text}
+        notes.update(recipe_notes(record, self.state))
+        return notes
+
+    def _started(self, *also: str) -> set:
+        return {p for p, status in self.state["phases"].items() if status is not None} | set(also)
+
+    def save_config(self, *starting: str) -> bool:
+        """Writes ``config.toml`` if what it records changed (``starting``: phases about to start); the
+        header comment of the file is kept. Returns whether it was written."""
+        record = self.recorded(self._started(*starting))
+        return self.dir.save_config(record, header=None, notes=self._notes(record))
+
+    def finished_result(self) -> Optional[Dict[str, Any]]:
+        """The saved result of a finished run that this session changes nothing of (only session settings
+        such as ``--device`` or ``--threads`` differ), else ``None``."""
+        saved = self.p.saved
+        if not self.p.resumed or saved is None or self.state["phases"].get("report") != "done" \
+                or not (self.dir / self.dir.RESULT).is_file():
+            return None
+        now = self.recorded(self._started()).to_dict()
+        before = saved.to_dict()
+        if any(now[k] != before[k] for k in now if k not in SESSION_KEYS):
+            return None
+        return read_json(self.dir / self.dir.RESULT, "result")
+
     def start(self) -> None:
         """Creates the run directory (new runs) and counts the session."""
-        notes = recipe_notes(self.config, self.state)
         if not self.p.resumed:
             import fastnas
-            self.dir.create(self.config, header=f"fastnas {fastnas.__version__} run config; "
-                                                "resume with: fastnas search --resume <this directory>", notes=notes)
+            record = self.recorded(self._started("train"))
+            self.dir.create(record, header=f"fastnas {fastnas.__version__} run config; "
+                                           "resume with: fastnas search --resume <this directory>",
+                            notes=self._notes(record))
         else:
-            self.dir.save_config(self.config, header="fastnas run config (resumed)", notes=notes)
+            self.save_config("train")
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)
         self.dir.save_state(self.state)
+
+    def _timed_progress(self, phase: str) -> ProgressFn:
+        """The progress callback of a training phase: forwards its events and keeps the phase's time in
+        ``state.json`` current (written with every end-of-epoch checkpoint, and every few seconds)."""
+
+        def progress(event: str, info: Dict[str, Any]) -> None:
+            if event in ("step", "epoch"):
+                self.timer.tick(force=event == "epoch")
+            self.progress(f"{phase}:{event}", info)
+
+        return progress
 
     # ---- phases
 
@@ -389,7 +503,7 @@ class Run:
             self.train_result = train_supernet(
                 self.supernet, self.space, *((None, None) if batch_fn else self.p.train), self.train_config(),
                 device=self.device, checkpoint_path=self.dir / self.dir.SUPERNET, resume=True,
-                progress=lambda event, info: self.progress(f"train:{event}", info), batch_fn=batch_fn)
+                progress=self._timed_progress("train"), batch_fn=batch_fn)
         self.initial_state = self.train_result.initial_state
         self._mark("train", "done")
         self.progress("phase", {"name": "train", "status": "end"})
@@ -433,6 +547,7 @@ class Run:
         self.progress("phase", {"name": "search", "status": "start"})
         if self.state["phases"].get("search") != "done":
             self._mark("search", "started")
+        self.save_config()  # the search's "choose for me" values are decided now
         path = self.dir / self.dir.SEARCH_STATE
         saved = _read_search_state(self.dir) if path.exists() else None
         if saved is not None and saved["searcher"] != c.searcher:
@@ -456,23 +571,30 @@ class Run:
             write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher, "config": settings,
                                      "state": searcher.state_dict()})
 
+        def seconds() -> Dict[str, float]:
+            elapsed = time.perf_counter() - t_search
+            return {"recalibration": score_fn.recal_seconds, "scoring": score_fn.seconds - score_fn.recal_seconds,
+                    "search_other": max(0.0, elapsed - score_fn.seconds)}
+
         def callback(event: str, info: Dict[str, Any]) -> None:
             if event == "candidate":
                 self.progress("search:candidate", {"record": info["record"], "n_scored": info["n_scored"],
                                                    "total": total, "generation": info["generation"]})
                 save()  # after the last candidate of a round it holds the closed round too
+                self.timer.tick(seconds())
             elif event == "generation":
                 self.progress("search:generation", {"generation": info["generation"], "best": info["best"],
                                                     "generations": rounds if rounds is not None else "?"})
 
         self.progress("search:start", {"total": total, "done": searcher.n_scored})
-        result = run_search(searcher, score_fn, callback=callback)
-        save()
-
-        elapsed = time.perf_counter() - t_search
-        self.timer.add("recalibration", score_fn.recal_seconds)
-        self.timer.add("scoring", score_fn.seconds - score_fn.recal_seconds)
-        self.timer.add("search_other", max(0.0, elapsed - score_fn.seconds))
+        try:
+            result = run_search(searcher, score_fn, callback=callback)
+            save()
+        except BaseException:
+            self.timer.tick(seconds(), force=True)  # Ctrl-C or an error: the time spent so far still counts
+            raise
+        self.timer.tick(seconds())
+        self.timer.commit()
         self.score_stats = score_fn.stats()
         route = (self.score_stats.get("score_fn") or {}).get("evaluator") or {}
         if route.get("route") is not None:  # a session that scored nothing keeps the earlier one
@@ -506,7 +628,7 @@ class Run:
                        momentum=c.momentum, weight_decay=c.weight_decay, grad_clip=c.grad_clip,
                        augment=bool(c.augment), fill=self.p.dataset.pad_fill, seed=c.seed, device=self.device,
                        build_kwargs=build, checkpoint_path=checkpoint,
-                       progress=lambda event, info: self.progress(f"retrain:{event}", info))
+                       progress=self._timed_progress("retrain"))
 
     def report(self) -> Dict[str, Any]:
         """Writes history.csv, result.json and the plots; returns the result."""
@@ -520,7 +642,15 @@ class Run:
         return result
 
     def execute(self, *, search: bool = True) -> Optional[Dict[str, Any]]:
-        """All phases (``search=False``: supernet training only); returns the result (None without search)."""
+        """All phases (``search=False``: supernet training only); returns the result (None without search).
+
+        A finished run resumed without a change to its settings is left as it is (nothing is written):
+        the ``run:finished`` event (``path``) says so and its saved result is returned."""
+        if search:
+            done = self.finished_result()
+            if done is not None:
+                self.progress("run:finished", {"path": str(self.dir.path)})
+                return done
         self.start()
         self.train()
         if not search:

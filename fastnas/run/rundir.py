@@ -2,7 +2,7 @@
 
 Layout of a run directory::
 
-    config.toml          the full resolved config (RunConfig)
+    config.toml          the settings given, and those fastnas chose for each phase once it started
     state.json           phases started/done, seconds per phase, sessions
     supernet.pt          SPOS supernet checkpoint (end of every epoch)
     supernet_init.pt     the supernet's initial weights (for the angle score)
@@ -72,6 +72,16 @@ def read_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {os.fspath(path)!r} is corrupt ({e})") from None
 
 
+def _header(text: str) -> str:
+    """The leading comment block of a TOML text (as :func:`~fastnas.run.config.dumps_toml` writes a header)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[2:] if line.startswith("# ") else line[1:])
+    return "\n".join(lines)
+
+
 class RunDir:
     """Paths of one run directory and its phase record (``state.json``)."""
 
@@ -135,9 +145,24 @@ class RunDir:
         self.save_config(config, header, notes)
         self.save_state(self.new_state())
 
-    def save_config(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
-        """Writes ``config.toml``; ``notes``: a comment per key (see :func:`~fastnas.run.config.dumps_toml`)."""
-        write_text_atomic(self.path / self.CONFIG, dumps_toml(config, header, notes))
+    def save_config(self, config: RunConfig, header: Optional[str] = "",
+                    notes: Optional[Dict[str, str]] = None) -> bool:
+        """Writes ``config.toml`` unless it already holds exactly this text; returns whether it wrote.
+
+        ``header=None`` keeps the header comment of the file there; ``notes``: a comment per key (see
+        :func:`~fastnas.run.config.dumps_toml`)."""
+        path = self.path / self.CONFIG
+        try:
+            old: Optional[str] = path.read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            old = None
+        if header is None:
+            header = _header(old or "")
+        text = dumps_toml(config, header, notes)
+        if text == old:
+            return False
+        write_text_atomic(path, text)
+        return True
 
     @staticmethod
     def new_state() -> Dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -62,6 +63,21 @@ def save_checkpoint(path: PathLike, payload: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def _shorten(text: str, limit: int = 160) -> str:
+    """``text`` cut to whole sentences within ``limit`` characters (torch's advice after its first
+    sentence is noise here), else at a word boundary with "..."; never mid-word."""
+    if len(text) <= limit:
+        return text
+    out = ""
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        if len(out) + len(sentence) + 1 > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    if out:
+        return out
+    return text[:limit - 3].rsplit(" ", 1)[0].rstrip(" ,;:") + "..."
+
+
 def load_checkpoint(path: PathLike, *, expected_kind: Optional[str] = None,
                     expected_fingerprint: Optional[str] = None,
                     map_location: Union[str, torch.device, None] = "cpu") -> Dict[str, Any]:
@@ -90,7 +106,7 @@ def load_checkpoint(path: PathLike, *, expected_kind: Optional[str] = None,
         detail = " ".join(str(e).split())
         if "WeightsUnpickler error:" in detail:  # drop torch's advice to load with weights_only=False
             detail = "weights-only load failed: " + detail.split("WeightsUnpickler error:", 1)[1].split(" Check the")[0].strip()
-        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        detail = _shorten(detail)
         raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a fastnas checkpoint "
                          f"({type(e).__name__}: {detail}); delete it or start without resuming") from e
     if not isinstance(payload, dict) or not isinstance(payload.get("kind"), str):

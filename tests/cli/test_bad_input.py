@@ -160,3 +160,63 @@ def test_a_mistyped_fastnas_backend_fails_before_any_work(cli, tmp_path, monkeyp
     assert "FASTNAS_BACKEND='cpq' is not a backend" in r.err and "cpp" in r.err, r.err
     r = cli("info")
     assert r.code == 2 and "error: FASTNAS_BACKEND='cpq'" in r.out and "backends:" in r.out
+
+
+def test_two_corrupt_checkpoints_are_both_named_and_no_message_is_cut_mid_word(cli, tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "supernet.pt").write_bytes((run / "supernet.pt").read_bytes()[:3000])  # torch's long zip error
+    (run / "supernet_init.pt").write_bytes(b"garbage")
+    r = cli("search", "--resume", run)
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "2 unreadable files" in r.err and "supernet.pt'" in r.err and "supernet_init.pt'" in r.err, r.err
+    assert " h..." not in r.err  # torch's advice was cut as "there is a h..." (the rule: test below)
+
+
+def test_a_long_reason_is_shortened_at_a_sentence_or_word_boundary():
+    from fastnas.train.checkpoint import _shorten
+
+    text = ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an "
+            "internal miniz error. If you are seeing this error, there is a high chance the file is damaged.")
+    short = _shorten(text, limit=100)
+    assert short == "PytorchStreamReader failed reading zip archive: failed finding central directory."
+    one = "word " * 50
+    cut = _shorten(one.strip(), limit=40)
+    assert cut.endswith("word...") and len(cut) <= 40
+
+
+def test_messages_name_flags_not_python_arguments(cli, tmp_path):
+    out = tmp_path / "run"
+    r = cli("search", *TINY, "--data", "mnist", "--data-dir", tmp_path / "none", "--out", out)
+    _check(r, out)
+    assert "--data-dir" in r.err and "data_dir" not in r.err, r.err
+    for flag, value in (("--score-batch-size", "0"), ("--recal-batches", "-1"), ("--mutate-prob", "2")):
+        r = cli("search", *TINY, flag, value, "--out", out)
+        _check(r, out)
+        assert f"{flag} " in r.err and "bn_batches" not in r.err and "batch_size=" not in r.err, r.err
+    r = cli("search", *TINY, "--truth", tmp_path / "missing.csv", "--out", out)
+    _check(r, out)
+    assert "--truth" in r.err and "no such file" in r.err and "truth=" not in r.err, r.err
+
+
+def test_flag_spelling_changes_only_flags_written_as_python_arguments():
+    from fastnas.cli import flag_spelling
+    from fastnas.cli.parser import build_parser
+
+    parser = build_parser()
+    assert flag_spelling("pass data_dir= a directory", parser) == "pass --data-dir a directory"
+    assert flag_spelling("arch_column='x' is not a column", parser) == "--arch-column 'x' is not a column"
+    assert flag_spelling("csv_path='t.csv' is empty", parser) == "csv_path='t.csv' is empty"  # no such flag
+    assert flag_spelling("sampler='fair' in '/a/data_dir=b'", parser) == "sampler='fair' in '/a/data_dir=b'"
+
+
+@pytest.mark.parametrize("content,expect", [(b"arch,acc\nx,1\n", "not a valid .npz archive"),
+                                            (b"\x93NUMPY\x01\x00", "a single .npy array, not a .npz archive"),
+                                            (b"", "the file is empty")])
+def test_a_file_that_is_not_an_npz_archive_says_so(cli, tmp_path, content, expect):
+    data = tmp_path / "d.npz"
+    data.write_bytes(content)
+    out = tmp_path / "run"
+    r = cli("search", *TINY, "--data", data, "--out", out)
+    _check(r, out)
+    assert expect in r.err and "allow_pickle" not in r.err, r.err

@@ -154,11 +154,57 @@ def test_resume_with_another_metric_rechooses_the_default_gamma(tmp_path, cli):
 
     out = tmp_path / "run"
     assert cli("train-supernet", *tiny(), "--metric", "angle+flatness", "--out", out).code == 0
-    assert "gamma = 16.0" in (out / "config.toml").read_text()  # filled in for angle+flatness
+    cfg = out / "config.toml"
+    assert "gamma =" not in cfg.read_text()  # a search setting: decided when the search starts
+    # as fastnas <= this change wrote it: the default gamma of angle+flatness filled in at once
+    cfg.write_text(cfg.read_text().replace('metric = "angle+flatness"\n', 'metric = "angle+flatness"\ngamma = 16.0\n'))
     r = cli("search", "--resume", out, "--metric", "angle + 0.2*accuracy", "--quiet")
     assert r.code == 0, r.err
-    text = (out / "config.toml").read_text()
+    text = cfg.read_text()
     assert 'metric = "angle + 0.2*accuracy"' in text and "gamma =" not in text
+
+
+def _header(path):
+    return [ln for ln in path.read_text().splitlines() if ln.startswith("# ")][:1]
+
+
+def test_settings_derived_from_others_are_decided_when_their_phase_starts(tmp_path, cli):
+    """train-supernet (population 20) does not freeze mutations = crossovers = 10 into config.toml, so
+    the search may still take --population 6 (its phase has not started)."""
+    from _cli_helpers import tiny
+
+    out = tmp_path / "run"
+    assert cli("train-supernet", *tiny(population=20), "--out", out).code == 0
+    cfg = out / "config.toml"
+    header = _header(cfg)
+    text = cfg.read_text()
+    assert "population = 20" in text and "mutations =" not in text and "topk =" not in text
+    assert "sigmas =" not in text and "lr = 0.025  # from the nb201 space's recipe" in text  # train's: decided
+    r = cli("search", "--resume", out, "--population", "6", "--quiet")
+    assert r.code == 0, r.err
+    saved = RunConfig.from_dict(load_toml(cfg))
+    assert (saved.population, saved.topk, saved.mutations, saved.crossovers) == (6, 2, 3, 3)  # recorded now
+    assert "mutations = 3  # default: population / 2" in cfg.read_text()
+    assert _header(cfg) == header  # the resume kept the header comment
+    r = cli("search", "--resume", out, "--population", "8")
+    assert r.code == 2 and "cannot change population" in r.err
+
+
+def test_a_finished_run_resumed_with_new_work_does_it_and_keeps_the_header(tmp_path, cli):
+    import json
+
+    from _cli_helpers import tiny
+
+    out = tmp_path / "run"
+    assert cli("search", *tiny(), "--out", out).code == 0
+    cfg = out / "config.toml"
+    header = _header(cfg)
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] is None
+    r = cli("search", "--resume", out, "--retrain-epochs", "1")  # the retrain phase has not started
+    assert r.code == 0, r.err
+    assert "is finished" not in r.err
+    assert json.loads((out / "result.json").read_text())["test_accuracy"] is not None
+    assert RunConfig.from_dict(load_toml(cfg)).retrain_epochs == 1 and _header(cfg) == header
 
 
 def test_a_gamma_for_a_formula_is_refused_before_anything_is_written(tmp_path, cli):

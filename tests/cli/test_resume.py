@@ -1,4 +1,5 @@
-"""Kill -9 at any phase, then `--resume`: the same result.json (timings aside) as an uninterrupted run.
+"""Kill -9 at any phase, then `--resume`: the same result.json (timings aside) as an uninterrupted run;
+the killed session's time still counts; resuming a finished run changes nothing.
 
 The kills use the CLI's test hook ``FASTNAS_TEST_KILL_AT=<phase>:<n>`` (see fastnas/cli/progress.py):
 the process sends itself SIGKILL at that point, exactly like ``kill -9`` from outside.
@@ -7,6 +8,7 @@ the process sends itself SIGKILL at that point, exactly like ``kill -9`` from ou
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
@@ -42,9 +44,28 @@ def test_kill_during_supernet_training_then_resume(tmp_path, reference):
     _killed(out, "train:6")  # in the second epoch: resumes from the end-of-epoch-1 checkpoint
     state = json.loads((out / "state.json").read_text())
     assert state["phases"]["train"] == "started"
+    killed = state["timings"]
+    assert killed["train"] > 0  # the killed session's training time, written with its end-of-epoch checkpoint
     r = run_subprocess(["search", "--resume", out, "--quiet"])
     assert r.code == 0, r.err
     assert _result(out) == reference
+    timings = json.loads((out / "result.json").read_text())["timings"]
+    assert timings["sessions"] == 2 and "in 2 session(s)" in r.out
+    assert timings["seconds"]["train"] > killed["train"]  # both sessions' training
+    assert timings["seconds"]["data"] > killed["data"]
+    assert timings["total"] >= sum(killed.values())
+
+
+def test_resuming_a_finished_run_rewrites_nothing(tmp_path, reference):
+    out = tmp_path / "run"
+    assert run_subprocess(["search", *ARGS, "--out", out]).code == 0
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    before = {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in files}
+    r = run_subprocess(["search", "--resume", out, "--threads", "1"])  # a session setting: no new work
+    assert r.code == 0, r.err
+    assert "is finished" in r.err and reference["arch"] in r.out and "in 1 session(s)" in r.out
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == files
+    assert {p: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in files} == before
 
 
 def test_kill_during_search_and_retraining_then_resume(tmp_path, reference):

@@ -299,9 +299,21 @@ def test_npz_errors(tmp_path):
         load_dataset(str(p))
     assert str(p) in str(e.value)
     p.write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable .npz") as e:
+    with pytest.raises(ValueError, match="not a valid .npz archive") as e:
         load_dataset(str(p))
-    assert str(p) in str(e.value)
+    assert str(p) in str(e.value) and "allow_pickle" not in str(e.value)
+    p.write_text("x,y\n1,2\n")  # a text file named .npz: numpy would suggest allow_pickle (unsafe)
+    with pytest.raises(ValueError, match="not a valid .npz archive") as e:
+        load_dataset(str(p))
+    assert "pickle" not in str(e.value)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "one.npy").rename(p)
+    with pytest.raises(ValueError, match="a single .npy array, not a .npz archive"):
+        load_dataset(str(p))
+    np.savez(p, x=np.array([{}, {}], dtype=object), y=np.zeros(2))
+    with pytest.raises(ValueError, match="object \\(pickled\\) arrays, which fastnas does not load") as e:
+        load_dataset(str(p))
+    assert "allow_pickle" not in str(e.value)
     np.savez(p, x=np.zeros((4, 3, 3)), y=np.zeros(5))
     with pytest.raises(ValueError, match=str(p)):
         load_dataset(str(p))
@@ -332,6 +344,9 @@ def test_from_tensors_validation():
         from_tensors(torch.zeros(4, 1, 3, 5), torch.zeros(4))
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         from_tensors(x, torch.tensor([0, 1, 2, 0]), num_classes=2)
+    with pytest.raises(ValueError, match="class indices >= 0, got a minimum of -1") as e:
+        from_tensors(x, torch.tensor([0, -1, 1, 0]))
+    assert "[0, 0)" not in str(e.value)
     with pytest.raises(ValueError, match="non-integral"):
         from_tensors(x, torch.tensor([0.5, 1, 0, 0]))
     with pytest.raises(ValueError, match="layout"):

@@ -462,3 +462,22 @@ def test_auto_batched_choice_is_measured_off_cpu():
     choice = "batched" if use else "sequential"
     assert reason == f"batched='auto': the batched forward measured {choice} faster on cuda"
     assert any(c["k"] == 2 and c["choice"] == choice for c in choices())
+
+
+def test_data_of_mismatched_lengths_says_so():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).eval()
+    x, y = torch.randn(100, 8), torch.randint(0, 3, (90,))
+    with pytest.raises(ValueError, match="data: x has 100 samples but y has 90"):
+        flatness(model, (x, y), (0.01, 0.02))
+    with pytest.raises(ValueError, match=r"data: y has shape \(100, 1\); expected labels of shape \(N,\)"):
+        flatness(model, (x, torch.zeros(100, 1, dtype=torch.long)), (0.01, 0.02))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_a_model_that_is_not_float32_is_a_clear_error(dtype):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).to(dtype).eval()
+    x, y = torch.randn(20, 8), torch.randint(0, 3, (20,))
+    name = str(dtype).replace("torch.", "")
+    with pytest.raises(ValueError, match=rf"model: its parameters are {name}; .*call model.float\(\)"):
+        flatness(model, (x.to(dtype), y), (0.01, 0.02))
+    assert math.isfinite(flatness(model.float(), (x, y), (0.01, 0.02)).score)

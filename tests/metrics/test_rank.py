@@ -178,3 +178,9 @@ def test_kendall_command_says_what_it_dropped(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Kendall tau 1.0000" in out and "over 2 architectures" in out
     assert "dropped: 2 with a flagged or non-finite score, 1 with no finite accuracy; 0 without ground truth" in out
+
+
+def test_load_ground_truth_of_a_missing_file_names_it_without_errno(tmp_path):
+    with pytest.raises(FileNotFoundError, match="csv_path=.*missing.csv'?: no such file") as e:
+        load_ground_truth(tmp_path / "missing.csv")
+    assert "Errno" not in str(e.value)
