@@ -76,6 +76,7 @@ def state_bytes(module: torch.nn.Module) -> Dict[str, Tuple[str, Tuple[int, ...]
             for k, v in module.state_dict().items()}
 
 
-def modes(module: torch.nn.Module) -> List[bool]:
-    """The train/eval flag of every submodule."""
-    return [m.training for m in module.modules()]
+def modes(module: torch.nn.Module) -> List[Any]:
+    """The train/eval flag of every submodule and the momentum of every BatchNorm (recalibration
+    changes both for a while)."""
+    return [(m.training, getattr(m, "momentum", None)) for m in module.modules()]
