@@ -13,7 +13,9 @@ at the next progress event: every file of a run is written atomically (a tempora
 place), so the run directory holds the last finished checkpoint and the search state saved after the
 last scored candidate whatever the moment, and ``--resume`` continues from there; waiting could take a
 whole training epoch or ground-truth architecture, longer than a scheduler's grace period. A second
-signal while the first unwinds exits at once with the same code.
+signal while the first unwinds exits at once with the same code. Running out of memory
+(``torch.OutOfMemoryError``) is one line too, with the flags that lower memory and how to continue, and
+exit code 1.
 """
 
 from __future__ import annotations
@@ -90,12 +92,27 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = " ".join(str(e).split()) or type(e).__name__
             print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
             return 2
+        except RuntimeError as e:
+            if not _out_of_memory(e) or os.environ.get("FASTNAS_DEBUG"):
+                raise
+            hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"fastnas: error: out of memory ({detail}); a smaller --batch-size (training) or "
+                  f"--score-batch-size (scoring) needs less; {hint}", file=sys.stderr, flush=True)
+            return 1
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", int(signal.SIGINT))
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
             hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
             print(f"fastnas: interrupted{by}; {hint}", file=sys.stderr, flush=True)
             return 128 + signum
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch's out-of-memory error (torch is imported by then if it can be raised)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(e, oom)
 
 
 #: What to do after Ctrl-C, per command.
