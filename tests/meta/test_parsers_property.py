@@ -16,7 +16,7 @@ import random
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastnas.metrics.rank import load_ground_truth
