@@ -198,3 +198,27 @@ def test_main_reports_out_of_memory_in_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastnas: error: out of memory (CUDA out of memory. Tried to allocate 1.00 GiB); ")
     assert "--resume" in err and len(err.splitlines()) == 1
+
+
+def test_a_second_signal_while_unwinding_exits_at_once():
+    script = (
+        "import os, signal, time\n"
+        "from fastnas.cli import Interrupted, interrupt_signals\n"
+        "with interrupt_signals():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(5)\n"
+        "    except Interrupted:\n"
+        "        try:\n"
+        "            os.kill(os.getpid(), signal.SIGINT)  # e.g. Ctrl-C while a slow cleanup runs\n"
+        "            time.sleep(5)\n"
+        "        finally:\n"
+        "            print('cleanup finished', flush=True)\n"
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr)
+    assert "interrupted again" in proc.stderr and "Traceback" not in proc.stderr
+    assert "cleanup finished" not in proc.stdout  # os._exit: nothing more runs
+    assert time.monotonic() - t0 < 60
