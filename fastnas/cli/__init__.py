@@ -8,17 +8,74 @@ traceback of such an error instead (for bug reports).
 Messages of the library name Python arguments (``data_dir=``, ``arch_column=``); on the command line the
 user knows them as flags, so an argument spelled with ``_`` that is a flag of ``fastnas`` is shown as that
 flag (``--data-dir``). One-word names (``truth=``) already read as their flag's word and are kept.
+
+SIGTERM (a batch scheduler's stop, ``kill``) ends a command like Ctrl-C (SIGINT): the signal raises
+:class:`Interrupted` (a ``KeyboardInterrupt``) in the main thread, the stack unwinds (``finally`` blocks put
+perturbed weights back, a half-written temporary file is removed), one line says how to continue, and
+the exit code is ``128 + signal``: 130 for SIGINT, 143 for SIGTERM. The exception is raised at once, not
+at the next progress event: every file of a run is written atomically (a temporary file moved into
+place), so the run directory holds the last finished checkpoint and the search state saved after the
+last scored candidate whatever the moment, and ``--resume`` continues from there; waiting could take a
+whole training epoch or ground-truth architecture, longer than a scheduler's grace period. A second
+signal while the first unwinds exits at once with the same code. Running out of memory
+(``torch.OutOfMemoryError``) is one line too, with the flags that lower memory and how to continue, and
+exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
-from typing import List, Optional, Set
+import threading
+from typing import Iterator, List, Optional, Set
 
-__all__ = ["main"]
+__all__ = ["main", "Interrupted", "interrupt_signals"]
+
+#: The signals that interrupt a command (and their exit codes, 128 + the signal number).
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT or SIGTERM inside :func:`interrupt_signals`."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def interrupt_signals() -> Iterator[None]:
+    """Inside: SIGINT and SIGTERM raise :class:`Interrupted`; a second one exits at once (``os._exit``,
+    code 128 + signal). The previous handlers come back on exit. A signal the process was told to ignore
+    (``SIG_IGN``, e.g. SIGINT under ``nohup``) stays ignored; outside the main thread nothing changes
+    (Python delivers signals to the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hit: List[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if hit:  # already unwinding: the user (or the scheduler) insists
+            os.write(2, b"fastnas: interrupted again; exiting at once\n")
+            os._exit(128 + signum)
+        hit.append(signum)
+        raise Interrupted(signum)
+
+    previous = {}
+    for sig in INTERRUPT_SIGNALS:
+        old = signal.getsignal(sig)
+        if old is not signal.SIG_IGN:
+            previous[sig] = old
+            signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -28,22 +85,40 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = build_parser()
     args = None
-    try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-        if not args.command:
-            parser.print_help()
-            return 0
-        return COMMANDS[args.command](args)
-    except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
-        if os.environ.get("FASTNAS_DEBUG"):
-            raise
-        message = flag_spelling(" ".join(str(e).split()) or type(e).__name__, parser)
-        print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
-        print(f"fastnas: interrupted; {hint}", file=sys.stderr, flush=True)
-        return 130
+    with interrupt_signals():
+        try:
+            args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+            if not args.command:
+                parser.print_help()
+                return 0
+            return COMMANDS[args.command](args)
+        except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
+            if os.environ.get("FASTNAS_DEBUG"):
+                raise
+            message = flag_spelling(" ".join(str(e).split()) or type(e).__name__, parser)
+            print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
+            return 2
+        except RuntimeError as e:
+            if not _out_of_memory(e) or os.environ.get("FASTNAS_DEBUG"):
+                raise
+            hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"fastnas: error: out of memory ({detail}); a smaller --batch-size (training) or "
+                  f"--score-batch-size (scoring) needs less; {hint}", file=sys.stderr, flush=True)
+            return 1
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", int(signal.SIGINT))
+            by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+            hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+            print(f"fastnas: interrupted{by}; {hint}", file=sys.stderr, flush=True)
+            return 128 + signum
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is torch's out-of-memory error (torch is imported by then if it can be raised)."""
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    return oom is not None and isinstance(e, oom)
 
 
 _PY_ARG = re.compile(r"(?<![\w\-./'\"])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)= ?")

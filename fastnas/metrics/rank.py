@@ -219,6 +219,14 @@ def load_ground_truth(csv_path: PathLike, arch_column: Optional[str] = None,
     if not Path(csv_path).is_file():
         raise FileNotFoundError(f"csv_path={os.fspath(csv_path)!r}: no such file (expected a CSV with an "
                                 "architecture and an accuracy column)")
+    try:
+        return _read_ground_truth(csv_path, arch_column, acc_column)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{os.fspath(csv_path)!r} is not a readable CSV file ({e})") from None
+
+
+def _read_ground_truth(csv_path: PathLike, arch_column: Optional[str], acc_column: Optional[str]
+                       ) -> Dict[str, float]:
     with open(csv_path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         fieldnames = reader.fieldnames
@@ -261,8 +269,10 @@ def _match(scores: Mapping[str, float], truth: Mapping[str, float],
     if not keys and scores:
         example_s = next(iter(scores))
         example_t = next(iter(truth), None)
+        hint = ("pass canonicalize= to map both to one text form" if canonicalize is None else
+                "both compared in the space's canonical text form; is the truth of another space or size?")
         raise ValueError(f"no architecture of scores is in truth (e.g. score key {example_s!r}, truth key "
-                         f"{example_t!r}); pass canonicalize= to map both to one text form")
+                         f"{example_t!r}); {hint}")
     return keys, xs, ys, unmatched
 
 

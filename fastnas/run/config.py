@@ -413,6 +413,11 @@ def load_toml(path: "os.PathLike[str] | str") -> Dict[str, Any]:
         raise FileNotFoundError(f"config file {os.fspath(path)!r} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML: not UTF-8 text ({e})") from None
+    except (RecursionError, MemoryError):  # tomllib recurses once per nested array or inline table
+        raise ValueError(f"config file {os.fspath(path)!r} is not valid TOML for fastnas: its values are nested "
+                         "too deeply") from None
     if isinstance(data.get("fastnas"), dict):
         rest = {k: v for k, v in data.items() if k != "fastnas"}
         data = {**rest, **data["fastnas"]}

@@ -177,6 +177,13 @@ def read_arch_file(space: Any, path: os.PathLike) -> List[Any]:
     Raises:
         ValueError: the file is empty or a text is not an architecture of ``space`` (names the line).
     """
+    try:
+        return _read_arch_file(space, path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"--arch-file {os.fspath(path)!r} is not a readable text or CSV file ({e})") from None
+
+
+def _read_arch_file(space: Any, path: os.PathLike) -> List[Any]:
     text = Path(path).read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines()]
     if not any(ln.strip() for ln in lines):
@@ -238,9 +245,16 @@ def read_table(path: os.PathLike, *, repair: bool = False) -> List[Dict[str, Any
             fh.truncate(cut)
         logger.warning("%s: dropped an incomplete last line (a killed write)", p)
         data = data[:cut]
-    text = data.decode("utf-8")
-    if not text.strip():
-        raise ValueError(f"{str(p)!r} is empty: expected the header {','.join(COLUMNS)}")
+    try:
+        text = data.decode("utf-8")
+        if not text.strip():
+            raise ValueError(f"{str(p)!r} is empty: expected the header {','.join(COLUMNS)}")
+        return _table_rows(p, text)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{str(p)!r} is not a readable CSV file ({e}); not a table of fastnas groundtruth") from None
+
+
+def _table_rows(p: Path, text: str) -> List[Dict[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
     if tuple(reader.fieldnames or ()) != COLUMNS:
         raise ValueError(f"{str(p)!r}: expected the columns {','.join(COLUMNS)}, found "

@@ -97,6 +97,9 @@ def _format(g: Genotype) -> str:
             f"reduce={list(g.reduce)}, reduce_concat={list(g.reduce_concat)})")
 
 
+_MAX_RANGE = 1024
+
+
 def _literal(node: ast.AST) -> Any:
     """A literal value, or ``range(a, b)`` with literal integer bounds (never evaluates code)."""
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range"
@@ -104,7 +107,11 @@ def _literal(node: ast.AST) -> Any:
         bounds = [ast.literal_eval(a) for a in node.args]
         if not all(type(b) is int for b in bounds):
             raise ValueError("range() bounds must be integers")
-        return list(range(*bounds))
+        values = range(*bounds)
+        if len(values) > _MAX_RANGE:  # checked before the list is made: range(0, 10**9) would take ~40 GB
+            raise ValueError(f"range({', '.join(map(str, bounds))}) has {len(values)} values; a concat lists "
+                             f"node indices (at most {_MAX_RANGE})")
+        return list(values)
     return ast.literal_eval(node)
 
 
@@ -317,6 +324,9 @@ class DARTS(Space):
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as err:
             raise ValueError(f"genotype {text!r} is malformed: {err.msg}") from None
+        except (ValueError, MemoryError, RecursionError) as err:  # NUL bytes; nesting the parser cannot hold
+            detail = str(err) or "nested too deeply"
+            raise ValueError(f"genotype {text!r} is malformed: {detail}") from None
         call = tree.body
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
             raise ValueError(f"genotype {text!r} is malformed: expected 'Genotype(normal=[...], "

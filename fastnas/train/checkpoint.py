@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
@@ -27,9 +28,11 @@ import torch
 
 from fastnas._io import atomic_write
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "fingerprint"]
+__all__ = ["FORMAT_VERSION", "OLDEST_READABLE", "save_checkpoint", "load_checkpoint", "fingerprint"]
 
+#: The layout version written; files of versions ``OLDEST_READABLE .. FORMAT_VERSION`` are read.
 FORMAT_VERSION = 1
+OLDEST_READABLE = 1
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -94,32 +97,63 @@ def load_checkpoint(path: PathLike, *, expected_kind: Optional[str] = None,
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is corrupt or truncated, is not a fastnas checkpoint, has a newer format
-            version, or holds another kind or fingerprint. The message names ``path``.
+        ValueError: the file is corrupt or truncated, is not a fastnas checkpoint (no ``kind``, or it holds
+            Python objects), has no, an older or a newer format version, or holds another kind or
+            fingerprint. The message names ``path`` and what was expected.
     """
     path = Path(path)
+    where = f"checkpoint {str(path)!r}"
+    wanted = (f"expected a fastnas checkpoint of kind {expected_kind!r}" if expected_kind is not None
+              else "expected a fastnas checkpoint")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+        raise FileNotFoundError(f"{where} does not exist")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # a plain pickle (protocol > 2) makes torch warn before it fails: the error below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        detail = " ".join(str(e).split())
-        if "WeightsUnpickler error:" in detail:  # drop torch's advice to load with weights_only=False
-            detail = "weights-only load failed: " + detail.split("WeightsUnpickler error:", 1)[1].split(" Check the")[0].strip()
-        detail = _shorten(detail)
-        raise ValueError(f"checkpoint {str(path)!r} is corrupt, truncated or not a fastnas checkpoint "
-                         f"({type(e).__name__}: {detail}); delete it or start without resuming") from e
+        raise ValueError(f"{where} is corrupt, truncated or not a fastnas checkpoint ({_load_error(e)}); "
+                         f"{wanted}; delete it or start without resuming") from e
     if not isinstance(payload, dict) or not isinstance(payload.get("kind"), str):
-        raise ValueError(f"checkpoint {str(path)!r} is not a fastnas checkpoint (no 'kind' entry)")
+        what = "a dict without a 'kind' entry" if isinstance(payload, dict) else f"a {type(payload).__name__}"
+        raise ValueError(f"{where} is not a fastnas checkpoint (it holds {what}); {wanted}")
     kind = payload["kind"]
     version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has format_version={version!r}; this fastnas reads "
-                         f"versions <= {FORMAT_VERSION} (written by a newer fastnas?)")
+    readable = f"this fastnas reads format_version {_versions()}"
+    if "format_version" not in payload:
+        raise ValueError(f"{where} (kind={kind!r}) has no format_version; {readable}; not written by fastnas?")
+    if type(version) is not int:
+        raise ValueError(f"{where} (kind={kind!r}) has format_version={version!r}; {readable}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{where} (kind={kind!r}) has format_version={version}, written by a newer fastnas; "
+                         f"{readable}; upgrade fastnas or start without resuming")
+    if version < OLDEST_READABLE:
+        raise ValueError(f"{where} (kind={kind!r}) has format_version={version}, written by an older fastnas; "
+                         f"{readable}; delete it (or use that fastnas) or start without resuming")
     if expected_kind is not None and kind != expected_kind:
-        raise ValueError(f"checkpoint {str(path)!r} holds kind={kind!r}, expected {expected_kind!r}")
+        raise ValueError(f"{where} holds kind={kind!r}, expected {expected_kind!r}")
     if expected_fingerprint is not None and payload.get("fingerprint") != expected_fingerprint:
-        raise ValueError(f"checkpoint {str(path)!r} belongs to other settings (fingerprint "
+        raise ValueError(f"{where} belongs to other settings (fingerprint "
                          f"{payload.get('fingerprint')!r}, expected {expected_fingerprint!r}); use another "
                          f"path or start without resuming")
     return payload
+
+
+def _versions() -> str:
+    return str(FORMAT_VERSION) if OLDEST_READABLE == FORMAT_VERSION else f"{OLDEST_READABLE} to {FORMAT_VERSION}"
+
+
+def _load_error(e: BaseException) -> str:
+    """One short line of what ``torch.load`` said, without its advice to load untrusted pickles."""
+    detail = " ".join(str(e).split())
+    if "WeightsUnpickler error:" in detail:
+        detail = detail.split("WeightsUnpickler error:", 1)[1].split(" Check the")[0].strip()
+        if "Unsupported global:" in detail:  # a pickled Python object: fastnas checkpoints hold none
+            name = detail.split("Unsupported global:", 1)[1].split(" was not")[0].strip()
+            detail = f"it holds a Python object ({name}), which a fastnas checkpoint never does"
+        detail = "weights-only load failed: " + detail
+    if not detail and isinstance(e, EOFError):
+        detail = "the file ends too early"
+    detail = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+    return _shorten(detail)
