@@ -171,13 +171,53 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _input_text(dataset: Any) -> str:
+    """What raw images the exported ``load()`` takes, e.g. ``digits: float32 0..16, shape (N, 1, 8, 8) or
+    (N, 8, 8)``."""
+    c, h, w = dataset.image_shape
+    if dataset.raw_dtype == "uint8":
+        values = f"uint8 0..{dataset.scale:g}" if dataset.scale == 255 else f"uint8, divided by {dataset.scale:g}"
+    elif dataset.scale != 1:
+        values = f"{dataset.raw_dtype} 0..{dataset.scale:g}"
+    else:
+        values = f"{dataset.raw_dtype} as stored"
+    shapes = {"nhw": f"(N, {c}, {h}, {w}) or (N, {h}, {w})", "nchw": f"(N, {c}, {h}, {w})",
+              "nhwc": f"(N, {h}, {w}, {c}) or (N, {c}, {h}, {w})"}
+    return f"{dataset.name}: {values}, shape {shapes.get(dataset.layout, shapes['nchw'])}"
+
+
+def _recal_progress(batches: Any, total: int, quiet: bool) -> Any:
+    """``batches`` with progress: a tqdm bar on a terminal, else a line on stderr every 5 s and at the end."""
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(batches, total=total, desc="BatchNorm recalibration", unit="batch", file=sys.stderr,
+                        dynamic_ncols=True, leave=False)
+        return
+    import time
+
+    t0 = last = time.monotonic()
+    for k, batch in enumerate(batches, start=1):
+        yield batch
+        now = time.monotonic()
+        if now - last >= 5.0 or k == total:
+            last = now
+            print(f"fastnas: export: BatchNorm recalibration {k}/{total} batches ({now - t0:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import io
+    import time
 
     import torch
 
+    from fastnas.data import Batches
     from fastnas.run.rundir import write_bytes_atomic, write_text_atomic
+    from fastnas.seeds import derive_seed
+    from fastnas.spaces.export import with_loader
 
+    t_start = time.perf_counter()
     out = Path(args.export_out)
     if out.suffix != ".py":
         raise ValueError(f"--out {str(out)!r}: expected a file name ending in .py (weights go beside it as .pt)")
@@ -186,26 +226,62 @@ def cmd_export(args: argparse.Namespace) -> int:
                          "use letters, digits and underscores")
     if out.parent and not out.parent.exists():
         raise ValueError(f"--out {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    batch_size = args.export_recal_batch_size
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--recal-batch-size {batch_size}: expected an integer >= 1")
     run = _open_run(args, _given(args))
     arch = _arch_or_result(run, args.arch)
+    weights = out.with_suffix(".pt")
+    dataset = run.p.dataset
+    note = _input_text(dataset)
     run.load_trained()
     source = run.supernet.export_source(arch, class_name=args.class_name)  # checks the class name first
-    from fastnas.data import Batches
-
-    x, y = run.p.train
-    run.supernet.recalibrate(arch, Batches(x.to(run.device), y.to(run.device), run.config.batch_size,
-                                           shuffle=False))
+    source = with_loader(source, args.class_name, weights=weights.name, scale=dataset.scale, mean=dataset.mean,
+                         std=dataset.std, image_shape=dataset.image_shape, input_note=f"Raw images: {note}.")
+    batch_size = batch_size or run.config.batch_size
+    x = run.p.train[0]
+    full = -(-x.shape[0] // batch_size)  # batches of one pass over the supernet-train split
+    n = full if args.export_recal_batches == "all" else min(int(args.export_recal_batches), full)
+    if n == full:  # every image once, in order: the statistics of the whole split
+        batches = Batches(x, None, batch_size, shuffle=False)
+        what = f"all {x.shape[0]} images of the supernet-train split"
+    else:  # n full batches drawn without replacement
+        batches = Batches(x, None, batch_size, order_seed=derive_seed(run.config.seed, "export-recal"),
+                          num_batches=n)
+        what = f"{n * batch_size} of the {x.shape[0]} supernet-train images (--recal-batches all: every one)"
+    quiet = bool(run.config.quiet)
+    print(f"fastnas: export {out}: {run.space.format(arch)}; BatchNorm recalibration on {n} batches of "
+          f"{batch_size}: {what}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    run.supernet.recalibrate(arch, (xb.to(run.device) for xb, _ in _recal_progress(batches, n, quiet)))
+    recal_seconds = time.perf_counter() - t0
     model = run.supernet.extract(arch).eval()
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
-    weights = out.with_suffix(".pt")
     write_bytes_atomic(weights, buf.getvalue())
     write_text_atomic(out, source)
+    scale = f"x/{dataset.scale:g} then " if dataset.scale != 1 else ""
+    def per_channel(values: Any) -> str:
+        text = ", ".join(f"{v:.4g}" for v in values)
+        return text if len(values) == 1 else f"({text})"
+
+    stats = f"mean {per_channel(dataset.mean)}, std {per_channel(dataset.std)}"
+    module = out.stem
     _out(f"{run.space.format(arch)}")
-    _out(f"source:  {out}  (class {args.class_name}; needs only torch)")
-    _out(f"weights: {weights}  (load_state_dict(torch.load(path, weights_only=True)); BatchNorm "
-         "recalibrated for this architecture)")
+    _out(f"source:  {out}  (class {args.class_name} and load(); needs only torch)")
+    _out(f"weights: {weights}  (state_dict of {args.class_name}; BatchNorm recalibrated for this architecture on "
+         f"{n} batches of {batch_size}, {recal_seconds:.1f} s; export took {time.perf_counter() - t_start:.1f} s)")
+    _out(f"input: raw images as the source gives them ({note}); load() applies {scale}(x - mean)/std "
+         f"with the training {stats}, and converts integer input to float32")
+    where = "this directory" if out.parent.resolve() == Path.cwd().resolve() else str(out.parent)
+    lines = [(f"import {module}", f"with {where} on sys.path"),
+             (f"model = {module}.load()", f"eval mode, weights from {weights.name} beside {out.name}"),
+             ("logits = model(x)", "x: raw images as above, a tensor or numpy array")]
+    width = max(len(code) for code, _ in lines)
+    _out("use it:")
+    for code, comment in lines:
+        _out(f"  {code.ljust(width)}  # {comment}")
     return 0
 
 

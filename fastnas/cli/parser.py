@@ -52,6 +52,22 @@ def _sigmas(text: str) -> tuple:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
+#: ``fastnas export``'s default BatchNorm recalibration batches (of the run's batch size, 64 by default).
+EXPORT_RECAL_BATCHES = 100
+
+
+def _recal_batches(text: str) -> Any:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}")
+    return n
+
+
 _CONVERTERS: Dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool, "str": str,
                                                 "floats": _sigmas}
 
@@ -209,16 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write standalone PyTorch source and weights of an architecture",
                        formatter_class=_Formatter,
                        description="Write FILE.py (plain PyTorch, no fastnas import) defining the network of "
-                                   "an architecture, and FILE.pt with its weights inherited from the trained "
-                                   "supernet (BatchNorm statistics recalibrated for that architecture).",
+                                   "an architecture and load(), and FILE.pt with its weights inherited from the "
+                                   "trained supernet (BatchNorm statistics recalibrated for that architecture). "
+                                   "load() returns the network in eval mode behind the run's input "
+                                   "preprocessing: it takes raw images as the dataset's source gives them "
+                                   "(uint8 0..255 for MNIST, Fashion-MNIST and CIFAR; 0..16 for the digits).",
                        epilog="examples:\n  fastnas export --run runs/exp1 --out net.py\n"
-                              "  python -c \"import torch, net; m = net.Network(); "
-                              "m.load_state_dict(torch.load('net.pt')); m.eval()\"\n")
+                              "  fastnas export --run runs/exp1 --out net.py --recal-batches all\n"
+                              "  python -c \"import net; model = net.load(); print(model)\"\n")
     e.add_argument("--run", metavar="DIR", required=True, help="a run directory with a trained supernet")
     e.add_argument("--arch", metavar="TEXT", default=None, help="architecture (default: result.json's arch)")
     e.add_argument("--out", metavar="FILE.py", required=True, dest="export_out",
                    help="source file to write; weights go to the same name with .pt")
     e.add_argument("--class-name", default="Network", help="name of the network class (default: Network)")
+    e.add_argument("--recal-batches", dest="export_recal_batches", metavar="N|all", type=_recal_batches,
+                   default=EXPORT_RECAL_BATCHES,
+                   help="BatchNorm recalibration batches, drawn at random from the supernet-train split, or "
+                        f"'all' for one pass over it (default: {EXPORT_RECAL_BATCHES})")
+    e.add_argument("--recal-batch-size", dest="export_recal_batch_size", metavar="N", type=int, default=None,
+                   help="images per recalibration batch (default: the run's --batch-size)")
     config_flags(e, ["run"], only=["device", "threads"])
     _common(e, config_file=False)
 

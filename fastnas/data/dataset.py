@@ -36,6 +36,12 @@ class Dataset:
         classes: class names where the format ships them, else ``None``.
         augment: whether the standard crop-and-flip training augmentation suits this data
             (True for CIFAR; the trainer may use it as its default).
+        scale: the raw images (as the source gives them) were divided by this before normalisation:
+            255 for uint8 data (IDX, CIFAR), 16 for the digits, 1 for float arrays used as stored. A raw
+            image ``r`` becomes ``(r / scale - mean) / std``; an exported network applies the same.
+        layout: how the source gives the images: ``"nhw"`` (``(N, H, W)``, one channel), ``"nchw"`` or
+            ``"nhwc"``.
+        raw_dtype: the dtype of the source's images (``"uint8"``, ``"float32"``, ...).
     """
 
     name: str
@@ -50,6 +56,9 @@ class Dataset:
     std: Tuple[float, ...]
     classes: Optional[Tuple[str, ...]] = None
     augment: bool = False
+    scale: float = 1.0
+    layout: str = "nchw"
+    raw_dtype: str = "float32"
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -130,6 +139,18 @@ def _as_tensor(a: ArrayLike, what: str) -> torch.Tensor:
     raise ValueError(f"{what}: expected a torch.Tensor or numpy array, got {type(a).__name__}")
 
 
+def _source_layout(x: torch.Tensor, layout: Optional[str]) -> str:
+    """``"nhw"``, ``"nchw"`` or ``"nhwc"``: how :func:`_to_nchw` reads ``x`` (checked there)."""
+    if x.dim() == 3:
+        return "nhw"
+    if layout is not None or x.dim() != 4:
+        return layout or "nchw"
+    _, a, b, d = x.shape
+    if (b == d) != (a == b):
+        return "nchw" if b == d else "nhwc"
+    return "nhwc" if d in (1, 3, 4) and a not in (1, 3, 4) else "nchw"
+
+
 def _to_nchw(x: torch.Tensor, layout: Optional[str], what: str) -> torch.Tensor:
     """(N,H,W) -> (N,1,H,W); (N,C,H,W) kept; (N,H,W,C) transposed.
 
@@ -144,13 +165,7 @@ def _to_nchw(x: torch.Tensor, layout: Optional[str], what: str) -> torch.Tensor:
         return x.unsqueeze(1)
     if x.dim() != 4:
         raise ValueError(f"{what}: expected (N,H,W), (N,C,H,W) or (N,H,W,C), got shape {tuple(x.shape)}")
-    if layout is None:
-        _, a, b, d = x.shape
-        if (b == d) != (a == b):
-            layout = "nchw" if b == d else "nhwc"
-        else:
-            layout = "nhwc" if d in (1, 3, 4) and a not in (1, 3, 4) else "nchw"
-    return x.permute(0, 3, 1, 2) if layout == "nhwc" else x
+    return x.permute(0, 3, 1, 2) if _source_layout(x, layout) == "nhwc" else x
 
 
 def _labels(y: ArrayLike, n: int, what: str) -> torch.Tensor:
@@ -212,6 +227,8 @@ def from_tensors(
         raise ValueError(f"Invalid scale: {scale} (expected > 0)")
     if tx.dtype == torch.bool or tx.is_complex():
         raise ValueError(f"x: unsupported image dtype {tx.dtype}")
+    raw_dtype = str(tx.dtype).replace("torch.", "")
+    source_layout = _source_layout(tx, layout)
     tx = _to_nchw(tx, layout, "x")
     ty = _labels(y, tx.shape[0], "y")
     if x_test is None:
@@ -266,4 +283,5 @@ def from_tensors(
     return Dataset(
         name=name, train_x=tx.contiguous(), train_y=ty.contiguous(), test_x=ex.contiguous(),
         test_y=ey.contiguous(), num_classes=int(num_classes), in_channels=int(c), resolution=int(h),
-        mean=mean_t, std=std_t, classes=classes, augment=augment)
+        mean=mean_t, std=std_t, classes=classes, augment=augment, scale=float(scale), layout=source_layout,
+        raw_dtype=raw_dtype)
