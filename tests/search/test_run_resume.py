@@ -99,6 +99,11 @@ def test_changed_search_settings_in_a_saved_state_are_refused(tmp_path, random_r
     saved = json.loads((out / "search_state.json").read_text())
     saved["config"]["seed"] += 1
     (out / "search_state.json").write_text(json.dumps(saved))
+    # a finished run is left as it is (its search state is not read again): reopen its search
+    state = json.loads((out / "state.json").read_text())
+    state["phases"]["search"] = "running"
+    state["phases"].pop("report", None)
+    (out / "state.json").write_text(json.dumps(state))
     capsys.readouterr()
     assert _main("search", "--resume", out) == 2
     assert "other search settings ['seed']" in capsys.readouterr().err
