@@ -256,6 +256,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     run.supernet.recalibrate(arch, (xb.to(run.device) for xb, _ in _recal_progress(batches, n, quiet)))
     recal_seconds = time.perf_counter() - t0
     model = run.supernet.extract(arch).eval()
+    test_x, test_y = run.p.dataset.test_x, run.p.dataset.test_y
+    with torch.no_grad():  # what the exported network scores on the run's test split (normalised here)
+        hits = sum(int((model(xb.to(run.device)).argmax(1).cpu() == yb).sum())
+                   for xb, yb in Batches(test_x, test_y, batch_size, shuffle=False))
+    test_accuracy = hits / max(1, test_x.shape[0])
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -272,6 +277,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     _out(f"source:  {out}  (class {args.class_name} and load(); needs only torch)")
     _out(f"weights: {weights}  (state_dict of {args.class_name}; BatchNorm recalibrated for this architecture on "
          f"{n} batches of {batch_size}, {recal_seconds:.1f} s; export took {time.perf_counter() - t_start:.1f} s)")
+    _out(f"test accuracy {100 * test_accuracy:.2f}% on the run's {test_x.shape[0]} test images (the raw test "
+         "images through load() give the same)")
     _out(f"input: raw images as the source gives them ({note}); load() applies {scale}(x - mean)/std "
          f"with the training {stats}, and converts integer input to float32")
     where = "this directory" if out.parent.resolve() == Path.cwd().resolve() else str(out.parent)

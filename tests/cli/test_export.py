@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -112,6 +113,9 @@ def test_load_takes_raw_digits_and_matches_the_supernet(cli, tiny_run, tmp_path)
     acc_exported = (got.argmax(1) == labels).float().mean().item()
     acc_supernet = (expected.argmax(1) == labels).float().mean().item()
     assert acc_exported == acc_supernet
+    reported = re.search(r"test accuracy ([0-9.]+)% on the run's (\d+) test images", r.out)
+    assert reported and int(reported.group(2)) == len(labels)
+    assert float(reported.group(1)) == round(100 * acc_exported, 2)  # what export says is what raw input gets
 
 
 def _data_writers():
