@@ -121,7 +121,7 @@ class Evolution(BatchSearcher):
     def _propose(self) -> List[Tuple[Any, str]]:
         """The candidates of the current generation (all random draws happen here)."""
         cfg, rng, space = self.config, self.rng, self.space
-        proposer = Proposer(space, Constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
+        proposer = Proposer(space, self._constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
         out: List[Tuple[Any, str]] = []
         parents = [self.history[i].arch for i in self.topk]
         if parents:
