@@ -186,6 +186,11 @@ class FamilyConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+def _budget(value: float, kind: str) -> Any:
+    """A budget as ``result.json`` writes it: an int for params, a float for FLOPs."""
+    return int(value) if kind == "params" and float(value).is_integer() else float(value)
+
+
 def _listed(values: Sequence[float]) -> str:
     return ",".join(f"{v:g}" for v in values)
 
@@ -261,7 +266,8 @@ class FamilyPlan:
     reference: Any
 
     def to_dict(self, space: Any) -> Dict[str, Any]:
-        return {"version": _VERSION, "settings": self.family.to_dict(), "budgets": list(self.budgets),
+        kind = self.family.budget_kind
+        return {"version": _VERSION, "settings": self.family.to_dict(), "budgets": [_budget(b, kind) for b in self.budgets],
                 "lambdas": list(self.family.weights), "reward": self.family.reward_name,
                 "reference": None if self.reference is None else space.format(self.reference)}
 
@@ -401,7 +407,8 @@ class FamilyRun(Run):
                 searcher.load_state_dict(saved["state"])
             searcher.admissible = _admissible(space, previous, plan.family.constraint)
             score_fn = self._tier_score_fn(metric, previous)
-            record = {"version": _TIER_VERSION, "tier": k, "budget": budget, "metric": str(metric),
+            record = {"version": _TIER_VERSION, "tier": k, "budget": _budget(budget, plan.family.budget_kind),
+                      "metric": str(metric),
                       "reference": ref_text, "searcher": c.searcher, "config": settings, "member": None}
 
             def save() -> None:
@@ -508,7 +515,8 @@ class FamilyRun(Run):
         for k, (row, tier) in enumerate(zip(rows, self.tier_records), start=1):
             before = self.plan.reference if k == 1 else self.members[k - 2]
             members.append({"tier": k, **{key: v for key, v in row.items() if key != "module"},
-                            "budget": plan.budgets[k - 1], "search_score": tier["score"],
+                            "budget": _budget(plan.budgets[k - 1], plan.family.budget_kind),
+                            "search_score": tier["score"],
                             "contains_previous": None if before is None else bool(space.contains(self.members[k - 1],
                                                                                                   before))})
         export_dir = self.dir.path / "export"
@@ -518,7 +526,7 @@ class FamilyRun(Run):
             "kind": "family", "space": c.space, "data": self.p.dataset.name,
             "reward": plan.family.reward_name, "lambdas": list(plan.family.weights),
             "constraint": plan.family.constraint, "budget_kind": plan.family.budget_kind,
-            "budgets": list(plan.budgets), "tiers": len(plan.budgets),
+            "budgets": [_budget(b, plan.family.budget_kind) for b in plan.budgets], "tiers": len(plan.budgets),
             "reference": None if reference_row is None else {k: v for k, v in reference_row.items() if k != "module"},
             "members": members,
             "evaluation": {"split": "test", "images": int(self.p.dataset.test_y.shape[0]),

@@ -473,7 +473,7 @@ def plot_family(members: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | 
         is_ref = m["tier"] == "ref"
         ax.plot([x], [y], "s" if is_ref else "o", color="#7f7f7f" if is_ref else "#1f77b4", markersize=7)
         ax.annotate(f"{m['tier']}: {int(m['params']):,} params", (x, y), textcoords="offset points",
-                    xytext=(6, -12), fontsize=7)
+                    xytext=(0, 8), ha="center", fontsize=7)
     for i in range(1, len(chain)):
         nfr = chain[i].get("nfr")
         ax.annotate("", xy=(xs[i], ys[i]), xytext=(xs[i - 1], ys[i - 1]),
@@ -482,7 +482,11 @@ def plot_family(members: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | 
             ax.text((xs[i] + xs[i - 1]) / 2, (ys[i] + ys[i - 1]) / 2, f"NFR {100 * nfr:.2f}%", fontsize=7,
                     color="#d62728", ha="right", va="bottom")
     if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+        from matplotlib.ticker import NullFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+    ax.margins(x=0.12, y=0.12)
     ax.set_xlabel("FLOPs (M multiply-adds per image)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title or "model family", fontsize=9)
