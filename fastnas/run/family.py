@@ -304,6 +304,10 @@ def _plan(family: FamilyConfig, space: Any, config: RunConfig) -> FamilyPlan:
 def prepare_family(config: RunConfig, family: FamilyConfig) -> Tuple[Prepared, FamilyPlan]:
     """Validates a new family run and loads its data; writes nothing. The run's ``metric`` is set to
     ``accuracy`` (tier 1's; the others' reward is in ``family.json``)."""
+    from fastnas.spaces import create_space, list_spaces
+
+    if config.space in list_spaces():  # before the data and the sampler are checked: the first thing to say
+        check_family_space(create_space(config.space), config.space)
     prepared = prepare(config.replace(metric="accuracy"))
     return prepared, _plan(family, prepared.space, prepared.config)
 

@@ -8,7 +8,8 @@
 * ``family.pt``: one set of tensors for the whole family -- for every supernet parameter some member
   uses, the box of it the members span (the largest member's tensor when the members are nested) --
   and, per member, its architecture, where each of its parameters lies in those tensors
-  (``{"name", "box": [[start, stop], ...]}``, one range per dim) and its own BatchNorm buffers;
+  (``{"name", "box": [[start, stop], ...]}``, one range per dim), its own BatchNorm buffers and its
+  ``state_dict`` key order;
 * ``family.py``: ``load_member(k)`` builds member ``k`` (``member<k>.Network`` from the file beside it)
   with its parameters sliced out of ``family.pt``'s shared tensors; needs only torch.
 
@@ -57,7 +58,7 @@ def member_state_dict(family: Dict[str, Any], k: int) -> Dict[str, torch.Tensor]
     shared = family["shared"]
     state = {key: shared[p["name"]][tuple(slice(lo, hi) for lo, hi in p["box"])] for key, p in member["params"].items()}
     state.update(member["buffers"])
-    return state
+    return {key: state[key] for key in member["keys"]}
 
 
 def export_family(supernet: nn.Module, space: Any, archs: Sequence[Any], modules: Sequence[nn.Module],
@@ -98,7 +99,7 @@ def export_family(supernet: nn.Module, space: Any, archs: Sequence[Any], modules
                 boxes[name] = [list(r) for r in box]
         buffers = {key: v for key, v in state.items() if key not in params}
         members.append({"arch": space.format(arch), "module": f"member{k}", "class_name": "Network",
-                        "params": params, "buffers": buffers})
+                        "keys": list(state), "params": params, "buffers": buffers})
     # Shared tensors: each cropped to the box its members span; the members' boxes shifted into it.
     shared = {name: full[name][tuple(slice(lo, hi) for lo, hi in box)].cpu().clone().contiguous()
               for name, box in boxes.items()}
@@ -134,6 +135,11 @@ def read_family(path: "Path | str", space: Any) -> Dict[str, Any]:
     if family.get("space") != getattr(space, "name", None):
         raise ValueError(f"family file {str(path)!r} holds a family of space {family.get('space')!r}, not of "
                          f"{getattr(space, 'name', space)!r}")
+    saved, now = family.get("space_config"), json.loads(json.dumps(space.config()))
+    if saved != now:
+        differ = sorted(key for key in set(saved or {}) | set(now) if (saved or {}).get(key) != now.get(key))
+        raise ValueError(f"family file {str(path)!r} was made for another {space.name} space: "
+                         + ", ".join(f"{key} {(saved or {}).get(key)!r} (this space: {now.get(key)!r})" for key in differ))
     for k, member in enumerate(family["members"], start=1):
         try:
             arch = space.parse(member["arch"])
@@ -194,7 +200,7 @@ def member_state_dict(k, family=None):
     state = {{key: shared[p["name"]][tuple(slice(lo, hi) for lo, hi in p["box"])]
              for key, p in member["params"].items()}}
     state.update(member["buffers"])
-    return state
+    return {{key: state[key] for key in member["keys"]}}  # in the network's state_dict order
 
 
 def member_class(k):

@@ -138,8 +138,11 @@ def test_read_family_rejects_a_file_of_another_space_or_size(family_run, tmp_pat
     with pytest.raises(ValueError, match="of space 'nb201_size', not of 'elastic_resnet'"):
         read_family(path, create_space("elastic_resnet"))
     wider = create_space("nb201_size", channels=8, cells=1, num_classes=10, in_channels=1, resolution=8)
-    with pytest.raises(ValueError, match="does not match this space|is not an architecture"):
+    with pytest.raises(ValueError, match=r"made for another nb201_size space: candidates \[1, 2, 3, 4\]"):
         read_family(path, wider)
+    more_classes = create_space("nb201_size", channels=4, cells=1, num_classes=3, in_channels=1, resolution=8)
+    with pytest.raises(ValueError, match="num_classes 10 \\(this space: 3\\)"):
+        read_family(path, more_classes)
     other = tmp_path / "x.pt"
     torch.save({"a": torch.zeros(1)}, other)
     with pytest.raises(ValueError, match="not a fastnas family file"):
