@@ -252,9 +252,20 @@ def tier_metric(weights: Tuple[float, float], has_reference: bool) -> Any:
     return Metric(tuple(terms))
 
 
+_HEADER_MARK = "family run config"
+
+
 def is_family_run(path: Any) -> bool:
-    """Whether the run directory ``path`` holds a family design (its ``family.json``)."""
-    return (Path(path) / FAMILY_FILE).is_file()
+    """Whether the run directory ``path`` holds a family design: its ``family.json``, or a ``config.toml``
+    whose header says so (a run killed between writing the two)."""
+    path = Path(path)
+    if (path / FAMILY_FILE).is_file():
+        return True
+    try:
+        with open(path / RunDir.CONFIG, encoding="utf-8") as fh:
+            return _HEADER_MARK in fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -321,6 +332,8 @@ def prepare_family_from_run(path: str, given: Optional[Dict[str, Any]] = None,
         raise ValueError(f"--resume {path}: this run is not a family design (no {FAMILY_FILE}); continue it with "
                          f"fastnas search --resume {path}")
     prepared = prepare_from_run(path, given)
+    if not (run_dir / FAMILY_FILE).is_file():  # killed before it was written: nothing has run yet
+        return prepared, _plan(FamilyConfig(**(family_given or {})), prepared.space, prepared.config)
     saved = read_json(run_dir / FAMILY_FILE, "family settings")
     try:
         if saved.get("version") != _VERSION:
@@ -363,11 +376,11 @@ class FamilyRun(Run):
         if not self.p.resumed:
             import fastnas
 
-            self.dir.create(self.config, header=f"fastnas {fastnas.__version__} family run config (the family "
+            self.dir.create(self.config, header=f"fastnas {fastnas.__version__} {_HEADER_MARK} (the family "
                             f"settings are in {FAMILY_FILE}); resume with: fastnas family --resume <this directory>",
                             notes=notes)
         else:
-            self.dir.save_config(self.config, header="fastnas family run config (resumed)", notes=notes)
+            self.dir.save_config(self.config, header=f"fastnas {_HEADER_MARK} (resumed)", notes=notes)
         write_json_atomic(self.dir / FAMILY_FILE, self.plan.to_dict(self.space))
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)

@@ -480,7 +480,8 @@ def plot_family(members: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | 
                     arrowprops=dict(arrowstyle="->", color="#d62728", lw=1.2))
         if isinstance(nfr, (int, float)) and math.isfinite(nfr):
             ax.text((xs[i] + xs[i - 1]) / 2, (ys[i] + ys[i - 1]) / 2, f"NFR {100 * nfr:.2f}%", fontsize=7,
-                    color="#d62728", ha="right", va="bottom")
+                    color="#d62728", ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
         from matplotlib.ticker import NullFormatter
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from fastnas.metrics.combine import Score
 from fastnas.search.base import SearchConfig, run_search
 from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
-from fastnas.search.history import Callback, Constraints, Proposer, ScoreFn, SearchResult, top_indices
+from fastnas.search.history import Callback, Proposer, ScoreFn, SearchResult, top_indices
 from fastnas.search.registry import register_searcher
 
 __all__ = ["EvolutionConfig", "Evolution", "EvolutionState", "evolve", "Score"]

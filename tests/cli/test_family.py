@@ -251,3 +251,15 @@ def test_kill_anywhere_then_resume_gives_the_same_result_bytes(tmp_path, referen
     assert r.code == 0, r.err
     assert (out / "result.json").read_bytes() == (reference_run / "result.json").read_bytes()
     assert json.loads((out / "state.json").read_text())["sessions"] == 5
+
+
+def test_killed_before_family_json_was_written_still_resumes_as_a_family(tmp_path):
+    out = tmp_path / "run"
+    r = run_subprocess(["family", *FAMILY, "--tiers", "2", "--out", out], env_extra={"FASTNAS_TEST_KILL_AT": "train:1"})
+    assert r.code == -signal.SIGKILL, (r.code, r.err)
+    (out / "family.json").unlink()  # as if killed between config.toml and family.json
+    r = run_subprocess(["search", "--resume", out, "--quiet"])
+    assert r.code == 2 and "fastnas family --resume" in r.err
+    r = run_subprocess(["family", "--resume", out, "--tiers", "2", "--quiet"])
+    assert r.code == 0, r.err
+    assert len(json.loads((out / "result.json").read_text())["members"]) == 2
