@@ -151,6 +151,7 @@ def flag_spelling(message: str, parser: argparse.ArgumentParser) -> str:
 #: What to do after Ctrl-C, per command.
 _RESUME_HINT = {
     "search": "the run continues with: fastnas search --resume <run directory>",
+    "family": "the run continues with: fastnas family --resume <run directory>",
     "train-supernet": "the training continues with: fastnas train-supernet --resume <run directory>",
     "retrain": "the retraining continues from its last epoch when the same command runs again",
     "groundtruth": "the same command continues the table (finished architectures are kept)",

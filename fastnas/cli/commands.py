@@ -16,7 +16,7 @@ from fastnas.cli.parser import CONFIG_FLAG_DESTS
 from fastnas.cli.progress import Display, setup_logging
 
 __all__ = ["cmd_search", "cmd_train_supernet", "cmd_score", "cmd_retrain", "cmd_export", "cmd_kendall",
-           "cmd_info", "cmd_groundtruth", "COMMANDS"]
+           "cmd_info", "cmd_groundtruth", "cmd_family", "COMMANDS"]
 
 
 def _given(args: argparse.Namespace) -> Dict[str, Any]:
@@ -56,6 +56,11 @@ def _run_pipeline(args: argparse.Namespace, *, search: bool) -> int:
 
     given = _given(args)
     if args.resume:
+        from fastnas.run.family import is_family_run
+
+        if is_family_run(args.resume):
+            raise ValueError(f"--resume {args.resume}: this is a family run; continue it with fastnas family "
+                             f"--resume {args.resume}")
         prepared = prepare_from_run(args.resume, given)
     else:
         prepared = prepare(RunConfig.from_dict(given))
@@ -434,8 +439,51 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_FAMILY_KEYS = ("tiers", "budgets", "budget_kind", "reward", "lambdas", "constraint", "reference")
+
+
+def cmd_family(args: argparse.Namespace) -> int:
+    from fastnas.cli.parser import FAMILY_DEFAULTS
+    from fastnas.run.config import RunConfig
+    from fastnas.run.family import FamilyConfig, FamilyRun, family_summary_lines, prepare_family, \
+        prepare_family_from_run
+
+    given = _given(args)
+    for key in ("metric", "gamma", "max_params", "max_flops"):
+        if key in given:  # from a --config file: the flags are not offered
+            raise ValueError(f"{key.replace('_', '-')}: fastnas family ranks by --reward/--lambdas within --budgets; "
+                             f"remove {key} from the config file")
+    family_given = {k: getattr(args, "fam_" + k) for k in _FAMILY_KEYS if hasattr(args, "fam_" + k)}
+    if args.resume:
+        prepared, plan = prepare_family_from_run(args.resume, given, family_given)
+    else:
+        for key, value in FAMILY_DEFAULTS.items():
+            given.setdefault(key, value)
+        prepared, plan = prepare_family(RunConfig.from_dict(given), FamilyConfig(**family_given))
+    config = prepared.config
+    setup_logging(config.quiet)
+    threads = _threads(config, prepared.dataset)
+    display = Display(quiet=config.quiet)
+    run = FamilyRun(prepared, plan, progress=display)
+    path = str(prepared.run_dir.path)
+    what = "continuing" if prepared.resumed else "new family run"
+    budgets = ",".join(f"{b:g}" for b in plan.budgets)
+    print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
+          f"{prepared.dataset.name}, {len(plan.budgets)} tiers with {plan.family.budget_kind} budgets {budgets}, "
+          f"lambdas {','.join(f'{w:g}' for w in plan.family.weights)}, containment "
+          f"{'on' if plan.family.constraint else 'off'}, {config.sampler} training, device {prepared.device}, "
+          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    try:
+        result = run.execute()
+    finally:
+        display.close()
+    for line in family_summary_lines(result, run.state, path):
+        _out(line)
+    return 0
+
+
 COMMANDS = {
-    "search": cmd_search, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
+    "search": cmd_search, "family": cmd_family, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
     "export": cmd_export, "kendall": cmd_kendall, "groundtruth": cmd_groundtruth, "info": cmd_info,
 }
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
 from fastnas.run.config import SECTION, SECTIONS, SETTINGS, parse_sigmas
 from fastnas.run.settings import Setting
 
-__all__ = ["build_parser", "config_flags", "UsageError", "CONFIG_FLAG_DESTS"]
+__all__ = ["build_parser", "config_flags", "UsageError", "CONFIG_FLAG_DESTS", "FAMILY_DEFAULTS"]
 
 
 class UsageError(Exception):
@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(k, config_file=False)
 
     _groundtruth_parser(sub)
+    _family_parser(sub)
 
     sub.add_parser("info", help="version, kernel backends, torch, device, threads",
                    formatter_class=_Formatter,
@@ -334,6 +335,94 @@ def _groundtruth_parser(sub: Any) -> None:
                    help="torch threads per worker; 0: torch's threads divided among the workers; a table "
                         "reproduces with the same threads per worker (default: 1)")
     _common(g, config_file=False)
+
+
+# ---- fastnas family
+
+#: What ``fastnas family`` sets when the flag (or config file key) is not given: a nested family space,
+#: sandwich training, and a search sized to finish on digits in a few minutes on 2 CPU cores.
+FAMILY_DEFAULTS = {"space": "nb201_size", "cells": 1, "sampler": "sandwich", "epochs": 30, "population": 20,
+                   "generations": 5}
+
+_FAMILY_EPILOG = """\
+examples:
+  fastnas family                                   # NATS size space on digits, 3 tiers, R2: ~2.5 min on 2 CPU cores
+  fastnas family --budgets 5000,15000,45274 --reward R0 --no-constraint
+  fastnas family --budget-kind flops --tiers 4 --lambdas 1,2 --out runs/fam
+  fastnas family --reference 8:8:8:8:8 --tiers 2      # upgrade an existing model (member 0) in 2 steps
+  fastnas family --resume runs/fam                 # continue a run that was killed
+
+what happens:
+  1. the supernet of a nested family space trains with the sandwich rule (largest, smallest and 2 random
+     members per step, distilled from the largest; --sampler changes it);
+  2. the tiers are searched in order (--searcher, evolution by default), tier k within budget k. Tier 1
+     has no reference model and is ranked by top-1 alone (with --reference: by the reward against it);
+     tier k > 1 by the reward lambda1*top1 - lambda2*NFR on the search-validation images, NFR (negative
+     flip rate: images member k-1 gets right and the candidate wrong) against member k-1, both terms
+     fractions of the images. With the containment constraint (default) a candidate must contain member
+     k-1 (its weights are a slice of the candidate's); a member never equals the one before;
+  3. each member is tested on the test split with BatchNorm statistics re-estimated for it (weights
+     inherited from the supernet): top-1, NFR and relative NFR (NFR / ((1 - ER_old) * ER_new)) against
+     the member before;
+  4. the run directory gets result.json ("members": [{"arch", "params", "flops", "top1", "nfr",
+     "rel_nfr", ...}], smallest budget first, nfr/rel_nfr null for the first), plots/family.png (top-1
+     against FLOPs, arrows labelled with the NFR between members) and export/: member<k>.py +
+     member<k>.pt (standalone, needs only torch) and family.py + family.pt (one weight file whose
+     tensors all members share; family.load_member(k) builds member k from slices of them).
+
+budgets: --budgets P1,P2,... (strictly increasing upper limits on params, or on FLOPs in millions with
+--budget-kind flops), else --tiers K budgets spaced geometrically between the smallest member's cost lo
+(the reference's with --reference) and the largest member's hi: lo * (hi/lo)^(k/K), k = 1..K.
+
+rewards: R0 = top1 (lambdas 1,0), R1 = -NFR (0,1), R2 = top1 - NFR (1,1, the default); --lambdas L1,L2
+sets any finite weights >= 0, not both 0.
+
+the no-option default: NATS-Bench's size space (nb201_size: 5 layer widths from 2..16 around the fixed
+best NAS-Bench-201 cell, --channels 16 --cells 1) on the bundled 8x8 digits, 30 sandwich epochs, three
+tiers each searched by evolution with population 20 over 5 generations (100 candidates per tier), scored
+on 256 validation images after recalibrating BatchNorm on 14 batches of 64.
+
+resume: a run killed at any moment (even kill -9) continues with --resume DIR and ends with the same
+result.json byte for byte (timings are in state.json). Family settings may change on resume only before
+the first tier's search has started.
+"""
+
+
+def _family_parser(sub: Any) -> None:
+    f = sub.add_parser("family", help="design a nested model family (REG-NAS): one member per budget, few flips",
+                       formatter_class=_Formatter, epilog=_FAMILY_EPILOG,
+                       description="Train the supernet of a nested family space, search one member per budget "
+                                   "(each containing the one before and ranked by top-1 and negative flips "
+                                   "against it), test every member, plot the family and export it.")
+    g = f.add_argument_group("family")
+    g.add_argument("--tiers", dest="fam_tiers", type=int, metavar="K", default=argparse.SUPPRESS,
+                   help="members of the family, with budgets spread geometrically over the space (default: 3)")
+    g.add_argument("--budgets", dest="fam_budgets", metavar="P1,P2,...", default=argparse.SUPPRESS,
+                   help="the members' budgets, strictly increasing (default: --tiers budgets; see below)")
+    g.add_argument("--budget-kind", dest="fam_budget_kind", metavar="KIND", default=argparse.SUPPRESS,
+                   help="what the budgets limit: params | flops (millions of multiply-adds) (default: params)")
+    g.add_argument("--reward", dest="fam_reward", metavar="R", default=argparse.SUPPRESS,
+                   help="R0 (top1) | R1 (-NFR) | R2 (top1 - NFR) (default: R2)")
+    g.add_argument("--lambdas", dest="fam_lambdas", metavar="L1,L2", default=argparse.SUPPRESS,
+                   help="the reward L1*top1 - L2*NFR: finite, >= 0, not both 0 (default: the reward's)")
+    g.add_argument("--constraint", dest="fam_constraint", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS,
+                   help="member k must contain member k-1, its weights a slice of member k's (default: on)")
+    g.add_argument("--reference", dest="fam_reference", metavar="ARCH", default=argparse.SUPPRESS,
+                   help="an existing model to upgrade (member 0; space text form): tier 1 is searched against it "
+                        "(default: none)")
+    defaults = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in FAMILY_DEFAULTS.items())
+    f.description += f" Family defaults: {defaults}."
+    config_flags(f, ["data", "train", "search", "score", "run"], only=[
+        n for n in SETTINGS if n not in ("max_params", "max_flops", "metric", "gamma", "sigmas", "alpha",
+                                         "flatness_eps", "samples", "noise", "flatness_scope", "precision",
+                                         "retrain_epochs", "truth")])
+    for action in f._actions:  # the family's own defaults in the help of the flags it changes
+        if action.dest in FAMILY_DEFAULTS and action.help:
+            action.help = action.help.rsplit(" (default: ", 1)[0] + f" (default: {FAMILY_DEFAULTS[action.dest]})"
+    f.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the family run in DIR (its config.toml and family.json)")
+    _common(f)
 
 
 # ---- fastnas bench <benchmark>

@@ -10,6 +10,7 @@ like ``kill -9``) at a chosen point, so tests can check that ``--resume`` recove
 * ``train:N`` — right after supernet training step N (1-based, counted over the whole training);
 * ``search:N`` — right after candidate N is scored, before the search state is saved;
 * ``retrain:N`` — right after retraining epoch N, once its checkpoint is written;
+* ``family:N`` — right after tier N of a family design has its member saved;
 * ``groundtruth:N`` — right after the N-th row of a ground-truth table is written (counted in this process);
 * ``bench:N`` — right after the N-th row of a benchmark's scores (counted over all sessions) is on disk.
 
@@ -178,7 +179,8 @@ class Display:
 
     def on_search_start(self, info: Dict[str, Any]) -> None:
         if not self.quiet:
-            self._bar("search", total=info["total"] or None, initial=info["done"], desc="scoring", unit="arch")
+            self._bar("search", total=info["total"] or None, initial=info["done"], desc=info.get("desc", "scoring"),
+                      unit="arch")
 
     def on_search_candidate(self, info: Dict[str, Any]) -> None:
         record = info["record"]
@@ -201,6 +203,20 @@ class Display:
         if self.quiet:
             self._last_line = time.monotonic()
             log.info(msg)
+
+    def on_family_tier(self, info: Dict[str, Any]) -> None:
+        log.info("tier %d/%d: %s <= %g, ranked by %s%s", info["tier"], info["tiers"], info["kind"], info["budget"],
+                 info["metric"], f" against {info['reference']}" if info["reference"] else "")
+
+    def on_family_member(self, info: Dict[str, Any]) -> None:
+        msg = f"member {info['tier']}/{info['tiers']}: {info['arch']} (score {info['score']:.5g})"
+        if self.quiet:
+            log.info(msg)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(msg, file=sys.stderr)
+        self._maybe_kill("family", info["tier"])
 
     def on_retrain_start(self, info: Dict[str, Any]) -> None:
         if not self.quiet:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["plot_search_progress", "plot_loss_vs_sigma", "loss_vs_sigma_series", "SigmaSeries", "plot_cell",
-           "cell_layout", "edge_labels", "sigma_losses", "plot_tau_vs_seconds", "plot_tau_bars"]
+           "cell_layout", "edge_labels", "sigma_losses", "plot_tau_vs_seconds", "plot_tau_bars", "plot_family"]
 
 # One colour per op family, so the same op looks the same in every cell drawing.
 _OP_COLOURS = {"conv": "#1f77b4", "sep": "#1f77b4", "dil": "#9467bd", "pool": "#2ca02c", "skip": "#7f7f7f",
@@ -455,5 +455,42 @@ def plot_tau_bars(points: Sequence[Tuple[str, str, Optional[float], Optional[flo
     ax.set_xlabel("Kendall tau against test accuracy")
     ax.set_title(title or "rank correlation per score", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def plot_family(members: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | str", *,
+                reference: Optional[Mapping[str, Any]] = None, title: str = "") -> None:
+    """A model family: test top-1 against FLOPs per member, an arrow from each member to the next labelled
+    with the negative flip rate between them (``members``: ``result.json``'s rows with ``flops``, ``top1``,
+    ``nfr``, ``params``, ``tier``; ``reference``: the upgraded model's row, drawn as a grey square)."""
+    fig = _figure(6.0, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    chain = ([dict(reference, tier="ref")] if reference else []) + [dict(m) for m in members]
+    xs = [float(m["flops"]) for m in chain]
+    ys = [100 * float(m["top1"]) for m in chain]
+    for m, x, y in zip(chain, xs, ys):
+        is_ref = m["tier"] == "ref"
+        ax.plot([x], [y], "s" if is_ref else "o", color="#7f7f7f" if is_ref else "#1f77b4", markersize=7)
+        ax.annotate(f"{m['tier']}: {int(m['params']):,} params", (x, y), textcoords="offset points",
+                    xytext=(0, 8), ha="center", fontsize=7)
+    for i in range(1, len(chain)):
+        nfr = chain[i].get("nfr")
+        ax.annotate("", xy=(xs[i], ys[i]), xytext=(xs[i - 1], ys[i - 1]),
+                    arrowprops=dict(arrowstyle="->", color="#d62728", lw=1.2))
+        if isinstance(nfr, (int, float)) and math.isfinite(nfr):
+            ax.text((xs[i] + xs[i - 1]) / 2, (ys[i] + ys[i - 1]) / 2, f"NFR {100 * nfr:.2f}%", fontsize=7,
+                    color="#d62728", ha="center", va="center",
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+        from matplotlib.ticker import NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short log axis overlap
+    ax.margins(x=0.12, y=0.12)
+    ax.set_xlabel("FLOPs (M multiply-adds per image)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title or "model family", fontsize=9)
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png")

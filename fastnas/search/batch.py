@@ -11,10 +11,10 @@ differ only in how they propose a round and what they learn when it closes.
 from __future__ import annotations
 
 import abc
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fastnas.search.base import Searcher
-from fastnas.search.history import Arch, SearchRecord, canonical, make_record
+from fastnas.search.history import Arch, Constraints, SearchRecord, canonical, make_record
 
 __all__ = ["BatchSearcher", "rng_to_json", "rng_from_json", "check_state"]
 
@@ -63,6 +63,9 @@ class BatchSearcher(Searcher):
         measured: params/FLOPs of proposed architectures, measured once by the constraints check.
         equivalent: proposals not scored because an equivalent architecture (same ``space.canonical``)
             was scored or queued already; part of the state dict.
+        admissible: an extra condition ``arch -> bool`` every proposal must meet (the
+            :class:`~fastnas.search.history.Constraints` predicate; None: none). Not in the state dict:
+            set it again after restoring a searcher.
     """
 
     def __init__(self, space: Any) -> None:
@@ -71,6 +74,13 @@ class BatchSearcher(Searcher):
         self.pending: Optional[List[Tuple[Arch, str]]] = None
         self.measured: Dict[Arch, Measured] = {}
         self.equivalent = 0
+        self.admissible: Optional[Callable[[Arch], bool]] = None
+
+    def _constraints(self, max_params: Optional[float], max_flops: Optional[float]) -> Constraints:
+        """The limits of a proposal, with :attr:`admissible` (read when a proposal is checked, so setting
+        it after construction or after ``load_state_dict`` takes effect)."""
+        return Constraints(max_params, max_flops, admissible=lambda arch: self.admissible is None
+                           or bool(self.admissible(arch)))
 
     # ---- what a subclass decides
 

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from fastnas.metrics.combine import Score
 from fastnas.search.base import SearchConfig, run_search
 from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
-from fastnas.search.history import Callback, Constraints, Proposer, ScoreFn, SearchResult, top_indices
+from fastnas.search.history import Callback, Proposer, ScoreFn, SearchResult, top_indices
 from fastnas.search.registry import register_searcher
 
 __all__ = ["EvolutionConfig", "Evolution", "EvolutionState", "evolve", "Score"]
@@ -121,7 +121,7 @@ class Evolution(BatchSearcher):
     def _propose(self) -> List[Tuple[Any, str]]:
         """The candidates of the current generation (all random draws happen here)."""
         cfg, rng, space = self.config, self.rng, self.space
-        proposer = Proposer(space, Constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
+        proposer = Proposer(space, self._constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
         out: List[Tuple[Any, str]] = []
         parents = [self.history[i].arch for i in self.topk]
         if parents:

@@ -102,7 +102,7 @@ class ExhaustiveSearch(BatchSearcher):
         if self._iter is None:  # a fresh search, or one restored from a state: skip what was consumed
             self._iter = itertools.islice(self.space.enumerate(), self.cursor, None)
             self._seen = self.seen
-        constraints = Constraints(self.config.max_params, self.config.max_flops)
+        constraints = self._constraints(self.config.max_params, self.config.max_flops)
         batch = self.config.batch
         out: List[Tuple[Any, str]] = []
         while batch is None or len(out) < batch:

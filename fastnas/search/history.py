@@ -174,10 +174,16 @@ def _measure(fn: Callable[[Arch], Any], arch: Arch) -> Any:
 
 @dataclass(frozen=True)
 class Constraints:
-    """Upper limits on ``space.params`` and ``space.flops`` (None: no limit)."""
+    """Upper limits on ``space.params`` and ``space.flops`` (None: no limit), and an optional predicate.
+
+    ``admissible(arch) -> bool`` is a further condition a caller imposes (pure Python, no tensors): e.g.
+    a model family's containment, ``space.contains(arch, previous_member)``. It is not part of a
+    searcher's saved settings: whoever restores a searcher sets it again (``searcher.admissible``).
+    """
 
     max_params: Optional[float] = None
     max_flops: Optional[float] = None
+    admissible: Optional[Callable[[Arch], bool]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("max_params", "max_flops"):
@@ -201,6 +207,8 @@ class Constraints:
                                           f"{getattr(space, 'name', space)!r} cannot count FLOPs")
             if flops > self.max_flops:
                 return False, params, flops
+        if self.admissible is not None and not self.admissible(arch):
+            return False, params, flops
         return True, params, flops
 
 

@@ -90,7 +90,7 @@ class RandomSearch(BatchSearcher):
 
     def _new_proposer(self) -> Proposer:
         cfg = self.config
-        return Proposer(self.space, Constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
+        return Proposer(self.space, self._constraints(cfg.max_params, cfg.max_flops), self.seen, cfg.max_tries)
 
     @property
     def done(self) -> bool:
