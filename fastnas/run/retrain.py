@@ -63,7 +63,8 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
             device: Union[str, torch.device] = "cpu", build_kwargs: Optional[Dict[str, Any]] = None,
             checkpoint_path: Union[str, Path, None] = None,
             progress: Optional[ProgressFn] = None,
-            valid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> Dict[str, Any]:
+            valid: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+            keep_model: bool = False) -> Dict[str, Any]:
     """Trains ``space.build(arch, **build_kwargs)`` from scratch and tests it.
 
     Args:
@@ -81,6 +82,7 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
         progress: ``progress(event, info)`` with ``"start"``, ``"epoch"`` and ``"end"``.
         valid: optional ``(x, y)`` validation images, tested like ``test`` (``valid_accuracy``,
             ``valid_loss`` in the result).
+        keep_model: also return the trained network (in eval mode) under ``"model"``.
 
     Returns:
         ``{"test_accuracy", "test_loss", "epoch_loss", "epoch_accuracy", "epochs", "params"}`` (and
@@ -130,4 +132,6 @@ def retrain(space: Any, arch: Any, train: Tuple[torch.Tensor, torch.Tensor],
         out["valid_accuracy"], out["valid_loss"] = evaluate(model, valid[0], valid[1], device=device)
     if progress is not None:
         progress("end", out)
+    if keep_model:
+        out["model"] = model.eval()
     return out
