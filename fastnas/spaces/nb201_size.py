@@ -44,6 +44,7 @@ from torch import nn
 
 from fastnas.ops import ParamSlice
 from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.elastic_resnet_ops import ElasticBatchNorm2d  # the one prefix-sliced BatchNorm
 from fastnas.spaces.nb201 import NB201, TRAIN_RECIPE
 from fastnas.spaces.nb201_ops import EDGES, OPS, ReLUConvBN, ResidualBlock, Zero
 
@@ -380,23 +381,6 @@ class NB201Size(Space):
         if kwargs:
             raise ValueError(f"supernet() takes no options for space {self.name!r}; got {sorted(kwargs)}")
         return NB201SizeSupernet(self)
-
-
-class ElasticBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm of the largest width; an input of ``c`` channels uses the first ``c`` entries of the
-    weight, bias and running statistics (statistics updated in place in training mode). A
-    :class:`~torch.nn.BatchNorm2d`, so :func:`~fastnas.spaces.recalibrate_bn` finds and resets it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W), c <= num_features
-        c = x.shape[1]
-        factor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        rm = self.running_mean[:c] if self.running_mean is not None else None
-        rv = self.running_var[:c] if self.running_var is not None else None
-        return F.batch_norm(x, rm, rv, self.weight[:c], self.bias[:c], self.training or rm is None, factor,
-                            self.eps)
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, c_out: int) -> torch.Tensor:
