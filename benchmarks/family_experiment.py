@@ -5,6 +5,10 @@ Per seed, on a stratified subset of Fashion-MNIST (Debian's ``dataset-fashion-mn
 * **REG-NAS**: ``fastnas family`` with the containment constraint and reward R2 (top1 - NFR): one family
   supernet trained with the sandwich rule; the members keep the family's shared weights (each member's
   BatchNorm recalibrated on its own).
+* **REG-NAS, family retrained**: the members REG-NAS found, trained again from scratch as one family
+  with the sandwich rule over exactly those members (every step all K members, the largest the
+  teacher of the others by in-place distillation; one set of weights, each member a slice), for the
+  same epochs as each independent model.
 * **independent**: ``fastnas family --reward R0 --no-constraint`` designs one member per budget by top-1
   alone, with no containment; then every member is trained from scratch on its own (same training
   images, same epochs, its own seed), as separately designed models of a product line are.
@@ -79,7 +83,6 @@ def _independent(run: Path, result: Dict[str, Any], seed: int, epochs: int) -> L
     split; top-1 and flips between consecutive members (fastnas.flip_report)."""
     import torch
 
-    from fastnas.metrics.flips import flip_report
     from fastnas.run.family import prepare_family_from_run
     from fastnas.run.retrain import retrain
 
@@ -90,22 +93,75 @@ def _independent(run: Path, result: Dict[str, Any], seed: int, epochs: int) -> L
     p, _ = prepare_family_from_run(str(run))
     space, cfg = p.space, p.config
     x_test, y_test = p.dataset.test_x, p.dataset.test_y
-    rows, previous = [], None
-    for k, member in enumerate(result["members"]):
-        arch = space.parse(member["arch"])
+    archs, logits = [space.parse(m["arch"]) for m in result["members"]], []
+    for k, arch in enumerate(archs):
         out = retrain(space, arch, p.train, (x_test, y_test), epochs=epochs, batch_size=cfg.batch_size,
                       lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                       grad_clip=cfg.grad_clip, seed=seed * 100 + k, keep_model=True,
                       checkpoint_path=run / f"independent-{k + 1}.pt")
         with torch.no_grad():
-            logits = torch.cat([out["model"](x_test[i:i + 512]) for i in range(0, len(y_test), 512)])
-        row = {"arch": member["arch"], "params": member["params"], "flops": member["flops"],
-               "top1": float((logits.argmax(1) == y_test).double().mean()), "nfr": None, "rel_nfr": None}
-        if previous is not None:
-            rep = flip_report(previous, logits, y_test)
+            logits.append(torch.cat([out["model"](x_test[i:i + 512]) for i in range(0, len(y_test), 512)]))
+    rows = _chain(space, archs, logits, y_test)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, done)
+    return rows
+
+
+def _chain(space: Any, archs: List[Any], logits: List[Any], y: Any) -> List[Dict[str, Any]]:
+    from fastnas.metrics.flips import flip_report
+
+    rows = []
+    for k, (arch, lg) in enumerate(zip(archs, logits)):
+        row = {"arch": space.format(arch), "params": int(space.params(arch)), "flops": float(space.flops(arch)),
+               "top1": float((lg.argmax(1) == y).double().mean()), "nfr": None, "rel_nfr": None}
+        if k:
+            rep = flip_report(logits[k - 1], lg, y)
             row.update(nfr=rep.nfr, rel_nfr=rep.rel_nfr)
         rows.append(row)
-        previous = logits
+    return rows
+
+
+def _family_retrained(run: Path, result: Dict[str, Any], seed: int, epochs: int) -> List[Dict[str, Any]]:
+    """REG-NAS's members trained from scratch as one family (sandwich rule over exactly these members)."""
+    import torch
+
+    from fastnas.data import Batches
+    from fastnas.run.family import prepare_family_from_run
+    from fastnas.seeds import derive_seed
+    from fastnas.train import TrainConfig, recalibrate_member
+    from fastnas.train.loop import train
+    from fastnas.train.samplers import FixedSampler
+    from fastnas.train.steps import Sandwich
+
+    done = run / "family_retrained.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.set_num_threads(1)
+    p, _ = prepare_family_from_run(str(run))
+    space, cfg = p.space, p.config
+    archs = [space.parse(m["arch"]) for m in result["members"]]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "family-retrain-init"))
+        supernet = space.supernet()
+    x, y = p.train
+    config = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_min=cfg.lr_min,
+                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=seed)
+    bseed = derive_seed(seed, "family-retrain-batches")
+
+    def batches(epoch: int) -> Batches:
+        return Batches(x, y, cfg.batch_size, seed=bseed, epoch=epoch)
+
+    train(supernet, Sandwich(distill=True), FixedSampler((archs[-1], *archs[:-1])), batches, config,
+          steps_per_epoch=len(batches(0)), rng_seed=lambda e: derive_seed(seed, f"family-retrain-epoch-{e}"))
+    x_test, y_test = p.dataset.test_x, p.dataset.test_y
+    logits = []
+    for arch in archs:
+        recal = Batches(x, None, 64, order_seed=derive_seed(seed, "family-recal"), num_batches=14)
+        net = recalibrate_member(supernet, arch, recal).eval()
+        with torch.no_grad():
+            logits.append(torch.cat([net(x_test[i:i + 512]) for i in range(0, len(y_test), 512)]))
+    rows = _chain(space, archs, logits, y_test)
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     os.replace(tmp, done)
@@ -117,12 +173,23 @@ def one_seed(out: str, npz: str, seed: int, epochs: int, common: List[str]) -> D
     reg = _family(out_p / f"reg-{seed}", npz_p, seed, common, [])
     ind_design = _family(out_p / f"ind-{seed}", npz_p, seed, common, ["--reward", "R0", "--no-constraint"])
     ind = _independent(out_p / f"ind-{seed}", ind_design, seed, epochs)
+    joint = _family_retrained(out_p / f"reg-{seed}", reg, seed, epochs)
     strip = ("arch", "params", "flops", "top1", "nfr", "rel_nfr")
-    return {"seed": seed, "reg": [{k: m[k] for k in strip} for m in reg["members"]], "independent": ind}
+    return {"seed": seed, "reg": [{k: m[k] for k in strip} for m in reg["members"]], "independent": ind,
+            "reg_retrained": joint}
+
+
+ARMS = (("reg", "REG-NAS, shared weights", "tab:blue"),
+        ("reg_retrained", "REG-NAS, family retrained", "tab:green"),
+        ("independent", "independent", "tab:orange"))
 
 
 def _mean(values: List[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
+
+
+def _reduction(reg: List[float], ind: List[float]) -> float:
+    return 1.0 - _mean(reg) / _mean(ind) if _mean(ind) > 0 else float("nan")
 
 
 def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -130,56 +197,58 @@ def summarise(runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"seeds": [r["seed"] for r in runs], "tiers": []}
     for k in range(tiers):
         row: Dict[str, Any] = {"tier": k + 1}
-        for arm in ("reg", "independent"):
+        for arm, _, _ in ARMS:
             row[f"{arm}_top1"] = _mean([r[arm][k]["top1"] for r in runs])
             row[f"{arm}_params"] = _mean([r[arm][k]["params"] for r in runs])
             if k:
                 row[f"{arm}_nfr"] = _mean([r[arm][k]["nfr"] for r in runs])
                 row[f"{arm}_rel_nfr"] = _mean([r[arm][k]["rel_nfr"] for r in runs])
         out["tiers"].append(row)
-    pairs = out["tiers"][1:]
-    reg_nfr, ind_nfr = _mean([t["reg_nfr"] for t in pairs]), _mean([t["independent_nfr"] for t in pairs])
-    out["nfr_reduction"] = 1.0 - reg_nfr / ind_nfr if ind_nfr > 0 else float("nan")
-    out["top1_gap_points"] = max(100 * (t["independent_top1"] - t["reg_top1"]) for t in out["tiers"])
-    out["per_seed_nfr_reduction"] = [
-        1.0 - _mean([m["nfr"] for m in r["reg"][1:]]) / _mean([m["nfr"] for m in r["independent"][1:]])
-        for r in runs]
+    for arm in ("reg", "reg_retrained"):
+        out[f"{arm}_nfr_reduction"] = _reduction([m["nfr"] for r in runs for m in r[arm][1:]],
+                                                 [m["nfr"] for r in runs for m in r["independent"][1:]])
+        out[f"{arm}_rel_nfr_reduction"] = _reduction([m["rel_nfr"] for r in runs for m in r[arm][1:]],
+                                                     [m["rel_nfr"] for r in runs for m in r["independent"][1:]])
+        out[f"{arm}_top1_gap_points"] = max(100 * (t["independent_top1"] - t[f"{arm}_top1"]) for t in out["tiers"])
+        out[f"{arm}_per_seed_nfr_reduction"] = [
+            _reduction([m["nfr"] for m in r[arm][1:]], [m["nfr"] for m in r["independent"][1:]]) for r in runs]
     return out
 
 
 def write_report(out: Path, runs: List[Dict[str, Any]], summary: Dict[str, Any], settings: Dict[str, Any]) -> None:
     (out / "results.json").write_text(json.dumps({"settings": settings, "summary": summary, "runs": runs},
                                                  indent=1))
-    lines = ["| tier | params (REG / ind) | top-1 REG | top-1 independent | NFR REG | NFR independent | "
-             "rel NFR REG | rel NFR independent |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    head = " | ".join(f"{name}: params, top-1, NFR, rel NFR" for _, name, _ in ARMS)
+    lines = [f"| tier | {head} |", "| --- |" + " --- |" * len(ARMS)]
     for t in summary["tiers"]:
-        def pct(key: str) -> str:
-            return f"{100 * t[key]:.2f}%" if key in t else "-"
-
-        def rel(key: str) -> str:
-            return f"{t[key]:.3f}" if key in t else "-"
-        lines.append(f"| {t['tier']} | {t['reg_params']:,.0f} / {t['independent_params']:,.0f} | {pct('reg_top1')} | "
-                     f"{pct('independent_top1')} | {pct('reg_nfr')} | {pct('independent_nfr')} | "
-                     f"{rel('reg_rel_nfr')} | {rel('independent_rel_nfr')} |")
-    lines += ["", f"NFR reduction (mean over consecutive pairs and {len(runs)} seeds): "
-              f"{100 * summary['nfr_reduction']:.1f}% (per seed: "
-              + ", ".join(f"{100 * v:.1f}%" for v in summary["per_seed_nfr_reduction"]) + "); largest top-1 "
-              f"deficit of REG-NAS: {summary['top1_gap_points']:.2f} points"]
+        cells = []
+        for arm, _, _ in ARMS:
+            nfr = f"{100 * t[arm + '_nfr']:.2f}%" if arm + "_nfr" in t else "-"
+            rel = f"{t[arm + '_rel_nfr']:.3f}" if arm + "_rel_nfr" in t else "-"
+            cells.append(f"{t[arm + '_params']:,.0f}, {100 * t[arm + '_top1']:.2f}%, {nfr}, {rel}")
+        lines.append(f"| {t['tier']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for arm, name, _ in ARMS[:2]:
+        lines.append(f"{name} against independent ({len(runs)} seeds, consecutive pairs): NFR "
+                     f"{100 * summary[arm + '_nfr_reduction']:+.1f}% fewer (per seed "
+                     + ", ".join(f"{100 * v:+.1f}%" for v in summary[arm + "_per_seed_nfr_reduction"])
+                     + f"), relative NFR {100 * summary[arm + '_rel_nfr_reduction']:+.1f}% fewer; largest top-1 "
+                     f"deficit {summary[arm + '_top1_gap_points']:.2f} points")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for arm, color, label in (("reg", "tab:blue", "REG-NAS (containment + R2, shared weights)"),
-                              ("independent", "tab:orange", "independent (R0, no constraint, own training)")):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / len(ARMS)
+    for j, (arm, name, color) in enumerate(ARMS):
         for r in runs:
-            a.plot([m["params"] for m in r[arm]], [100 * m["top1"] for m in r[arm]], "o-", color=color, alpha=0.35)
+            a.plot([m["params"] for m in r[arm]], [100 * m["top1"] for m in r[arm]], "o-", color=color, alpha=0.3)
         a.plot([t[f"{arm}_params"] for t in summary["tiers"]], [100 * t[f"{arm}_top1"] for t in summary["tiers"]],
-               "s-", color=color, lw=2, label=label)
-        b.bar([k + (0.2 if arm == "reg" else -0.2) for k in range(1, len(summary["tiers"]))],
-              [100 * t[f"{arm}_nfr"] for t in summary["tiers"][1:]], width=0.4, color=color, label=label)
+               "s-", color=color, lw=2, label=name)
+        b.bar([k + (j - (len(ARMS) - 1) / 2) * width for k in range(1, len(summary["tiers"]))],
+              [100 * t[f"{arm}_nfr"] for t in summary["tiers"][1:]], width=width, color=color, label=name)
     a.set_xscale("log")
     a.set_xlabel("params")
     a.set_ylabel("test top-1 (%)")
@@ -187,9 +256,9 @@ def write_report(out: Path, runs: List[Dict[str, Any]], summary: Dict[str, Any],
     b.set_xticks(range(1, len(summary["tiers"])))
     b.set_xticklabels([f"{k} -> {k + 1}" for k in range(1, len(summary["tiers"]))])
     b.set_xlabel("upgrade (member k -> k+1)")
-    b.set_ylabel("negative flip rate (%)")
+    b.set_ylabel("negative flip rate (%, mean over seeds)")
     b.legend(fontsize=7)
-    fig.suptitle(f"Fashion-MNIST, {len(runs)} seeds: NFR reduction {100 * summary['nfr_reduction']:.1f}%")
+    fig.suptitle(f"Fashion-MNIST, {len(runs)} seeds: negative flips between consecutive family members")
     fig.tight_layout()
     fig.savefig(out / "family_nfr.png", dpi=120)
 
