@@ -250,6 +250,9 @@ def write_report(out: Path, runs: List[Dict[str, Any]], summary: Dict[str, Any],
         b.bar([k + (j - (len(ARMS) - 1) / 2) * width for k in range(1, len(summary["tiers"]))],
               [100 * t[f"{arm}_nfr"] for t in summary["tiers"][1:]], width=width, color=color, label=name)
     a.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    a.xaxis.set_minor_formatter(NullFormatter())
     a.set_xlabel("params")
     a.set_ylabel("test top-1 (%)")
     a.legend(fontsize=7)
