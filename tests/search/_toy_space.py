@@ -20,6 +20,10 @@ class GeneSpace(Space):
     def sample(self, rng: random.Random):
         return tuple(rng.randrange(self.values) for _ in range(self.genes))
 
+    def choices(self):
+        """The options of each site (what the ENAS controller samples from)."""
+        return (self.values,) * self.genes
+
     def mutate(self, arch, prob, rng):
         return tuple(rng.randrange(self.values) if rng.random() < prob else g for g in arch)
 
