@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastnas.metrics.combine import Score
 from fastnas.search.base import SearchConfig, Searcher, run_search
 from fastnas.search.batch import BatchSearcher
+from fastnas.search.enas import ENASConfig, ENASController, ENASSearcher
 from fastnas.search.evolution import Evolution, EvolutionConfig, EvolutionState, evolve
 from fastnas.search.exhaustive import ExhaustiveConfig, ExhaustiveSearch, exhaustive
 from fastnas.search.history import Constraints, SearchRecord, SearchResult
@@ -28,6 +29,7 @@ __all__ = [
     "Evolution", "EvolutionConfig", "EvolutionState", "evolve",
     "RandomSearch", "RandomConfig", "random_search",
     "ExhaustiveSearch", "ExhaustiveConfig", "exhaustive",
+    "ENASSearcher", "ENASConfig", "ENASController",
     "Constraints", "SearchRecord", "SearchResult",
     "register_searcher", "create_searcher", "get_searcher", "list_searchers", "check_searcher_config",
 ]
