@@ -337,9 +337,9 @@ class BackboneSpace(Space):
         if empty:
             lines = "; ".join(f"{label}: " + ", ".join(w for i in idx for w in self.sites[i].why_not) for label, idx
                               in empty[:4])
-            raise ValueError(f"candidates={list(self.candidates)!r} with max_params={self.max_params!r} leave no choice "
-                             f"but the original conv at {len(empty)} site(s) of {self.model_name} ({lines}); give "
-                             "more candidates or a larger max_params")
+            raise ValueError(f"candidates={list(self.candidates)!r} with max_params={self.max_params!r} leave no "
+                             f"choice but the original conv at {len(empty)} site(s) of {self.model_name} ({lines}); "
+                             "give more candidates or a larger max_params")
         self.gene_labels: Tuple[str, ...] = tuple(g[0] for g in genes)
         self.gene_sites: Tuple[Tuple[int, ...], ...] = tuple(g[1] for g in genes)
         self.gene_ops: Tuple[Tuple[int, ...], ...] = tuple(
