@@ -259,14 +259,15 @@ class BackboneSpace(Space):
 
         base = trace(copy.deepcopy(model))
         base.eval()
-        x = example_input.detach().cpu()[:1].clone()
+        device = next(iter(base.parameters()), torch.empty(0)).device  # the model's device (shapes only)
+        x = example_input.detach()[:1].to(device)
         try:
             with torch.no_grad():
                 ShapeProp(base).propagate(x)
         except Exception as e:
             raise ValueError(f"example_input of shape {tuple(example_input.shape)} does not fit model "
                              f"{self.model_name}: {type(e).__name__}: {e}") from e
-        self._base = base
+        self._base, self._base_device = base, device
         self.input_shape: Tuple[int, ...] = tuple(x.shape[1:])
         self.in_channels = int(x.shape[1])
         self.resolution = int(x.shape[-1])
@@ -355,7 +356,8 @@ class BackboneSpace(Space):
         if self.backbone is not None:
             cfg.update(backbone=self.backbone, **self.backbone_kwargs, resolution=self.resolution)
         else:
-            cfg.update(model=self._base, example_input=torch.zeros(1, *self.input_shape))
+            cfg.update(model=self._base, example_input=torch.zeros(1, *self.input_shape,
+                                                                    device=self._base_device))
         cfg.update(granularity=self.granularity, candidates=self.candidates,
                    max_params="none" if self.max_params is None else self.max_params)
         return cfg
@@ -493,7 +495,8 @@ class BackboneSupernet(Supernet):
         for i, site in enumerate(space.sites):
             allowed = set(space.op_name(v) for v in space.gene_ops[space._site_gene[i]])
             ops = {ORIGINAL: gm.get_submodule(site.target)}
-            ops.update({c: make_op(c, site.conv) for c in space.candidates if c in allowed})
+            ops.update({c: make_op(c, site.conv).to(site.conv.weight.device) for c in space.candidates
+                        if c in allowed})
             _set_submodule(gm, site.target, Choice(ops, [n if n in ops else "" for n in names]))
         graph = gm.graph
         placeholders = [n for n in graph.nodes if n.op == "placeholder"]
