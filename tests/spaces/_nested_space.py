@@ -25,6 +25,7 @@ from torch import nn
 
 from fastnas.ops import ParamSlice
 from fastnas.spaces.base import CellGraph, Space, Supernet
+from fastnas.spaces.elastic_resnet_ops import ElasticBatchNorm2d  # the library's prefix-sliced BatchNorm
 
 NET_SOURCE = '''
 import torch
@@ -157,23 +158,6 @@ class NestedSpace(Space):
 
     def build(self, arch: Any, **kwargs: Any) -> nn.Module:
         return NestedNet(self.validate(arch), self.stem_channels, self.num_classes, self.in_channels)
-
-
-class ElasticBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm of the largest width; an input of ``c`` channels uses the first ``c`` entries of the
-    weight, bias and running statistics (the statistics updated in place in training mode). A
-    :class:`~torch.nn.BatchNorm2d`, so :func:`~fastnas.spaces.base.recalibrate_bn` finds and resets it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c, H, W), c <= num_features
-        c = x.shape[1]
-        factor = 0.0
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_batch = self.training or self.running_mean is None
-        rm = self.running_mean[:c] if self.running_mean is not None else None
-        rv = self.running_var[:c] if self.running_var is not None else None
-        return F.batch_norm(x, rm, rv, self.weight[:c], self.bias[:c], use_batch, factor, self.eps)
 
 
 class ElasticLayer(nn.Module):
