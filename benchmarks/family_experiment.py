@@ -78,34 +78,38 @@ def _family(run: Path, npz: Path, seed: int, common: List[str], extra: List[str]
     return json.loads((run / "result.json").read_text())
 
 
+def _cached(path: Path, compute: Any) -> Any:
+    """``path``'s JSON if a previous run wrote it, else ``compute()`` written there atomically."""
+    from fastnas.run.rundir import write_json_atomic
+
+    if not path.is_file():
+        write_json_atomic(path, compute())
+    return json.loads(path.read_text())
+
+
 def _independent(run: Path, result: Dict[str, Any], seed: int, epochs: int) -> List[Dict[str, Any]]:
     """Every member of ``result`` trained from scratch on the run's supernet-train split, tested on the test
     split; top-1 and flips between consecutive members (fastnas.flip_report)."""
     import torch
 
-    from fastnas.run.family import prepare_family_from_run
+    from fastnas.run.family import logits_of, prepare_family_from_run
     from fastnas.run.retrain import retrain
 
-    done = run / "independent.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    torch.set_num_threads(1)
-    p, _ = prepare_family_from_run(str(run))
-    space, cfg = p.space, p.config
-    x_test, y_test = p.dataset.test_x, p.dataset.test_y
-    archs, logits = [space.parse(m["arch"]) for m in result["members"]], []
-    for k, arch in enumerate(archs):
-        out = retrain(space, arch, p.train, (x_test, y_test), epochs=epochs, batch_size=cfg.batch_size,
-                      lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                      grad_clip=cfg.grad_clip, seed=seed * 100 + k, keep_model=True,
-                      checkpoint_path=run / f"independent-{k + 1}.pt")
-        with torch.no_grad():
-            logits.append(torch.cat([out["model"](x_test[i:i + 512]) for i in range(0, len(y_test), 512)]))
-    rows = _chain(space, archs, logits, y_test)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, done)
-    return rows
+    def compute() -> List[Dict[str, Any]]:
+        torch.set_num_threads(1)
+        p, _ = prepare_family_from_run(str(run))
+        space, cfg = p.space, p.config
+        test = (p.dataset.test_x, p.dataset.test_y)
+        archs, logits = [space.parse(m["arch"]) for m in result["members"]], []
+        for k, arch in enumerate(archs):
+            out = retrain(space, arch, p.train, test, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                          lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          grad_clip=cfg.grad_clip, seed=seed * 100 + k, keep_model=True,
+                          checkpoint_path=run / f"independent-{k + 1}.pt")
+            logits.append(logits_of(out["model"], test[0]))
+        return _chain(space, archs, logits, test[1])
+
+    return _cached(run / "independent.json", compute)
 
 
 def _chain(space: Any, archs: List[Any], logits: List[Any], y: Any) -> List[Dict[str, Any]]:
@@ -127,45 +131,39 @@ def _family_retrained(run: Path, result: Dict[str, Any], seed: int, epochs: int)
     import torch
 
     from fastnas.data import Batches
-    from fastnas.run.family import prepare_family_from_run
+    from fastnas.run.family import logits_of, prepare_family_from_run
     from fastnas.seeds import derive_seed
     from fastnas.train import TrainConfig, recalibrate_member
     from fastnas.train.loop import train
     from fastnas.train.samplers import FixedSampler
     from fastnas.train.steps import Sandwich
 
-    done = run / "family_retrained.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    torch.set_num_threads(1)
-    p, _ = prepare_family_from_run(str(run))
-    space, cfg = p.space, p.config
-    archs = [space.parse(m["arch"]) for m in result["members"]]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "family-retrain-init"))
-        supernet = space.supernet()
-    x, y = p.train
-    config = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_min=cfg.lr_min,
-                         momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=seed)
-    bseed = derive_seed(seed, "family-retrain-batches")
+    def compute() -> List[Dict[str, Any]]:
+        torch.set_num_threads(1)
+        p, _ = prepare_family_from_run(str(run))
+        space, cfg = p.space, p.config
+        archs = [space.parse(m["arch"]) for m in result["members"]]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "family-retrain-init"))
+            supernet = space.supernet()
+        x, y = p.train
+        config = TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, lr_min=cfg.lr_min,
+                             momentum=cfg.momentum, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                             seed=seed)
+        bseed = derive_seed(seed, "family-retrain-batches")
 
-    def batches(epoch: int) -> Batches:
-        return Batches(x, y, cfg.batch_size, seed=bseed, epoch=epoch)
+        def batches(epoch: int) -> Batches:
+            return Batches(x, y, cfg.batch_size, seed=bseed, epoch=epoch)
 
-    train(supernet, Sandwich(distill=True), FixedSampler((archs[-1], *archs[:-1])), batches, config,
-          steps_per_epoch=len(batches(0)), rng_seed=lambda e: derive_seed(seed, f"family-retrain-epoch-{e}"))
-    x_test, y_test = p.dataset.test_x, p.dataset.test_y
-    logits = []
-    for arch in archs:
-        recal = Batches(x, None, 64, order_seed=derive_seed(seed, "family-recal"), num_batches=14)
-        net = recalibrate_member(supernet, arch, recal).eval()
-        with torch.no_grad():
-            logits.append(torch.cat([net(x_test[i:i + 512]) for i in range(0, len(y_test), 512)]))
-    rows = _chain(space, archs, logits, y_test)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rows, indent=1))
-    os.replace(tmp, done)
-    return rows
+        train(supernet, Sandwich(distill=True), FixedSampler((archs[-1], *archs[:-1])), batches, config,
+              steps_per_epoch=len(batches(0)), rng_seed=lambda e: derive_seed(seed, f"family-retrain-epoch-{e}"))
+        logits = []
+        for arch in archs:
+            recal = Batches(x, None, 64, order_seed=derive_seed(seed, "family-recal"), num_batches=14)
+            logits.append(logits_of(recalibrate_member(supernet, arch, recal), p.dataset.test_x))
+        return _chain(space, archs, logits, p.dataset.test_y)
+
+    return _cached(run / "family_retrained.json", compute)
 
 
 def one_seed(out: str, npz: str, seed: int, epochs: int, common: List[str]) -> Dict[str, Any]:
@@ -287,7 +285,8 @@ def main() -> int:
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         runs = list(pool.map(one_seed, [str(out)] * len(seeds), [str(npz)] * len(seeds), seeds,
                              [a.epochs] * len(seeds), [common] * len(seeds)))
-    settings = {k: v for k, v in vars(a).items()}
+    # what the results depend on (not where this machine keeps its files)
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "data_dir", "workers")}
     write_report(out, runs, summarise(runs), settings)
     return 0
 

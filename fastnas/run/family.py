@@ -48,7 +48,7 @@ from fastnas.run.pipeline import Prepared, Run, prepare, prepare_from_run, recip
 from fastnas.run.rundir import RunDir, read_json, write_json_atomic
 from fastnas.seeds import derive_seed
 
-__all__ = ["FamilyConfig", "REWARDS", "BUDGET_KINDS", "FAMILY_FILE", "FamilyRun", "FamilyPlan", "prepare_family",
+__all__ = ["logits_of", "FamilyConfig", "REWARDS", "BUDGET_KINDS", "FAMILY_FILE", "FamilyRun", "FamilyPlan", "prepare_family",
            "prepare_family_from_run", "check_family_space", "default_budgets", "tier_metric", "parse_numbers",
            "is_family_run", "family_summary_lines"]
 
@@ -505,7 +505,7 @@ class FamilyRun(Run):
         previous_logits = None
         for i, arch in enumerate(chain):
             net = recalibrate_member(self.supernet, arch, self.recalibration_batches())
-            logits = _logits(net, x, self.device)
+            logits = logits_of(net, x, self.device)
             top1 = float((logits.argmax(1) == y).double().mean())
             row: Dict[str, Any] = {"arch": space.format(arch), "params": int(space.params(arch)),
                                    "flops": float(space.flops(arch)), "top1": top1, "nfr": None, "rel_nfr": None,
@@ -598,7 +598,7 @@ def _admissible(space: Any, previous: Any, constraint: bool) -> Any:
     return admissible
 
 
-def _logits(net: torch.nn.Module, x: torch.Tensor, device: torch.device, batch: int = 512) -> torch.Tensor:
+def logits_of(net: torch.nn.Module, x: torch.Tensor, device: Any = "cpu", batch: int = 512) -> torch.Tensor:
     """``net``'s logits on ``x`` in eval mode, batch by batch, on the CPU."""
     net.eval()
     out = []
