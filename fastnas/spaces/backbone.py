@@ -49,7 +49,6 @@ import copy
 import functools
 import inspect
 import itertools
-import keyword
 import math
 import operator
 import random
@@ -64,7 +63,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from fastnas._hints import did_you_mean
 from fastnas.spaces import backbone_ops, resnets
 from fastnas.spaces.backbone_ops import CANDIDATE_OPS, make_op
-from fastnas.spaces.base import Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import Space, Supernet, check_class_name, register_space, size_keyword
 
 __all__ = ["BackboneSpace", "BackboneSupernet", "Choice", "GRANULARITIES", "CANDIDATE_OPS", "ENUMERATE_LIMIT",
            "trace", "residual_blocks"]
@@ -574,9 +573,7 @@ class BackboneSupernet(Supernet):
         exported = [resnets.BasicBlock, resnets.CifarResNet, backbone_ops.SepConv, backbone_ops.PoolConv,
                     backbone_ops.make_op, backbone_ops._stride]
         taken = {o.__name__ for o in exported} | {"torch", "nn", "SITES", "CANDIDATE_OPS", "Tuple"}
-        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
-                or class_name in taken:
-            raise ValueError(f"class_name={class_name!r}: expected a Python identifier other than {sorted(taken)}")
+        check_class_name(class_name, taken)
         ctor, _, _ = resnets.BACKBONES[s.backbone]
         built = ctor(**s.backbone_kwargs)
         parts = [

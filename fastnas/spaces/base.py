@@ -9,6 +9,7 @@ batched forward) is answered by the space or its supernet.
 from __future__ import annotations
 
 import abc
+import keyword
 import math
 import random
 import types
@@ -131,6 +132,16 @@ class BatchedForward:
 
     def choose(self, x: torch.Tensor, archs: Sequence[Arch]) -> str:  # pragma: no cover - protocol
         raise NotImplementedError
+
+
+def check_class_name(class_name: Any, taken: Iterable[str]) -> str:
+    """``class_name`` if it can name the class of an exported source (an identifier, not a keyword, not one
+    of the names ``taken`` by that source), else ValueError naming it."""
+    taken = set(taken)
+    if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
+            or class_name in taken:
+        raise ValueError(f"class_name={class_name!r}: expected a Python identifier other than {sorted(taken)}")
+    return class_name
 
 
 def size_keyword(own: str, own_value: Any, generic: str, generic_value: Any, default: Any) -> Any:

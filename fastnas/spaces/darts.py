@@ -48,7 +48,6 @@ Fidelity to the reference code (clovaai/GeNAS), and the options that keep the ot
 from __future__ import annotations
 
 import ast
-import keyword
 import numbers
 import random
 from collections import Counter
@@ -59,7 +58,10 @@ import torch
 from torch import nn
 
 from fastnas.spaces import darts_ops
-from fastnas.spaces.base import CellGraph, CellwiseArch, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import (
+    CellGraph, CellwiseArch, Presets, Space,
+    Supernet, check_class_name, register_space, size_keyword,
+)
 from fastnas.spaces.darts_ops import PRIMITIVES, NetworkCIFAR, ReLUConvBN, FactorizedReduce, make_op
 from fastnas._hints import did_you_mean
 
@@ -736,9 +738,7 @@ class DARTSSupernet(Supernet):
         tree = ast.parse(src)
         reserved = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
         reserved |= {"Genotype", "GENOTYPE", "PRIMITIVES", "torch", "nn", "namedtuple"}
-        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
-                or class_name in reserved:
-            raise ValueError(f"class_name={class_name!r}: expected a Python identifier not in {sorted(reserved)}")
+        check_class_name(class_name, reserved)
         first = tree.body[0]
         if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
             src = "\n".join(src.splitlines()[first.end_lineno:])

@@ -45,7 +45,6 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import keyword
 import math
 import random
 import re
@@ -56,7 +55,10 @@ from torch import nn
 
 from fastnas._hints import did_you_mean
 from fastnas.ops import ParamSlice
-from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import (
+    CellGraph, Presets, Space,
+    Supernet, check_class_name, register_space, size_keyword,
+)
 from fastnas.spaces.elastic_resnet_ops import BasicBlock, ConvBN, ElasticBlock, ResNet
 
 __all__ = ["ElasticResNet", "ElasticResNetSupernet", "TRAIN_RECIPE", "SAMPLING", "ENUMERATE_LIMIT"]
@@ -579,9 +581,7 @@ class ElasticResNetSupernet(Supernet):
         ``state_dict`` keys and shapes are those of ``extract(arch)``, so ``load_state_dict`` of that works."""
         a = self.space.validate(arch)
         taken = {obj.__name__ for obj in _EXPORTED} | {"ARCH", "STAGE_CHANNELS", "torch", "nn"}
-        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
-                or class_name in taken:
-            raise ValueError(f"class_name={class_name!r}: expected a Python identifier other than {sorted(taken)}")
+        check_class_name(class_name, taken)
         s = self.space
         parts = [
             f'"""Elastic ResNet member {s.format(a)}\n\n'

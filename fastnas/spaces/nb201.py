@@ -36,7 +36,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import itertools
-import keyword
 import random
 import re
 from collections import Counter
@@ -46,7 +45,10 @@ import torch
 from torch import nn
 
 from fastnas._hints import did_you_mean
-from fastnas.spaces.base import CellGraph, CellwiseArch, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import (
+    CellGraph, CellwiseArch, Presets, Space,
+    Supernet, check_class_name, register_space, size_keyword,
+)
 from fastnas.spaces.nb201_ops import (
     EDGES, OPS, Cell, NB201Network, ReLUConvBN, ResidualBlock, SuperCell, Zero, make_op,
 )
@@ -561,10 +563,7 @@ class NB201Supernet(Supernet):
         ``state_dict`` keys are those of ``extract(arch)``, so ``load_state_dict`` of that works."""
         a = self.space.validate(arch)
         taken = {obj.__name__ for obj in _EXPORTED} | {"OPS", "EDGES", "ARCH", "torch", "nn"}
-        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
-                or class_name in taken:
-            raise ValueError(f"class_name={class_name!r}: expected a Python identifier other than "
-                             f"{sorted(taken)}")
+        check_class_name(class_name, taken)
         s = self.space
         parts = [
             f'"""NAS-Bench-201 network {s.format(a)}\n\n'

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import keyword
 import random
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -43,7 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.ops import ParamSlice
-from fastnas.spaces.base import CellGraph, Presets, Space, Supernet, register_space, size_keyword
+from fastnas.spaces.base import (
+    CellGraph, Presets, Space,
+    Supernet, check_class_name, register_space, size_keyword,
+)
 from fastnas.spaces.elastic_resnet_ops import ElasticBatchNorm2d  # the one prefix-sliced BatchNorm
 from fastnas.spaces.nb201 import NB201, TRAIN_RECIPE
 from fastnas.spaces.nb201_ops import EDGES, OPS, ReLUConvBN, ResidualBlock, Zero
@@ -561,9 +563,7 @@ class NB201SizeSupernet(Supernet):
         a = self.space.validate(arch)
         taken = {getattr(obj, "__name__", "") for obj in _EXPORTED} | {"OPS", "EDGES", "CELL", "WIDTHS", "torch",
                                                                           "nn"}
-        if not isinstance(class_name, str) or not class_name.isidentifier() or keyword.iskeyword(class_name) \
-                or class_name in taken:
-            raise ValueError(f"class_name={class_name!r}: expected a Python identifier other than {sorted(taken)}")
+        check_class_name(class_name, taken)
         s = self.space
         parts = [
             f'"""NATS-Bench size network {s.format(a)} (cell {s.cell_text})\n\n'
