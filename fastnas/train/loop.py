@@ -195,6 +195,7 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
           progress: Optional[ProgressFn] = None, steps_per_epoch: Optional[int] = None,
           rng_seed: Optional[Callable[[int], int]] = None,
           on_start: Optional[Callable[[Optional[Dict[str, Any]]], None]] = None,
+          on_epoch_end: Optional[Callable[[int], Optional[Dict[str, Any]]]] = None,
           name: str = "training", log_level: int = logging.INFO) -> TrainResult:
     """Trains ``model`` for ``config.epochs`` epochs; step ``s`` trains ``sampler.sample(s)`` with ``strategy``.
 
@@ -223,6 +224,10 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             ``derive_seed(config.seed, "torch", epoch)``).
         on_start: ``on_start(payload)`` is called once before any state is loaded or any step taken,
             with the checkpoint being resumed from, or ``None`` for a fresh start.
+        on_epoch_end: ``on_epoch_end(epoch) -> dict or None`` runs after each epoch's training (and its
+            learning-rate step), before the checkpoint; what it returns is stored in the checkpoint as
+            ``payload["extra"]`` (read it back in ``on_start``). NAR's controller updates run here, so the
+            shared weights and the controller are saved together, in one file, at every epoch end.
         name: what is trained, in log messages.
         log_level: level of the per-epoch and resume log lines.
 
@@ -321,6 +326,7 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             result.epoch_accuracy.append(epoch_acc)
             result.epoch_time.append(time.perf_counter() - t0)
             result.epoch_lr.append(lr)
+            extra = on_epoch_end(epoch) if on_epoch_end is not None else None
             if ckpt is not None:
                 save_checkpoint(ckpt.path, {
                     "kind": ckpt.kind, "fingerprint": ckpt.fingerprint, **ckpt.meta,
@@ -331,6 +337,7 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                     "rng": {"scheme": "derive_seed(seed, purpose, *index)", "seed": config.seed},
                     "history": {"loss": result.epoch_loss, "accuracy": result.epoch_accuracy,
                                 "time": result.epoch_time, "lr": result.epoch_lr},
+                    **({"extra": extra} if extra is not None else {}),
                 })
             logger.log(log_level, "epoch %d/%d: loss %.4f, train acc %.4f, lr %.5g, %.1f s", epoch + 1,
                        config.epochs, epoch_loss, epoch_acc, lr, result.epoch_time[-1])

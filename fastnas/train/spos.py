@@ -83,11 +83,13 @@ def _space_identity(space: Any) -> Dict[str, Any]:
 
 
 def _run_fingerprint(config: TrainConfig, space: Any, supernet: nn.Module,
-                     sandwich: Optional[Dict[str, Any]] = None) -> str:
+                     sandwich: Optional[Dict[str, Any]] = None, controller: Any = None) -> str:
     layout = [[k, list(v.shape)] for k, v in supernet.state_dict().items()]
     identity: Dict[str, Any] = {"config": config.identity(), "space": _space_identity(space), "layout": layout}
     if sandwich is not None:  # only for sampler="sandwich": the other samplers' fingerprints stay as they were
         identity["sandwich"] = sandwich
+    if controller is not None:
+        identity["controller"] = controller
     return fingerprint(identity)
 
 
@@ -120,7 +122,7 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                    progress: Optional[ProgressFn] = None,
                    batch_fn: Optional[Callable[[int], Iterable[Batch]]] = None,
                    sandwich_k: Optional[int] = None, distill: Optional[bool] = None,
-                   temperature: Optional[float] = None) -> TrainResult:
+                   temperature: Optional[float] = None, controller: Any = None) -> TrainResult:
     """Trains a weight-sharing supernet with the paths of ``config.sampler`` (default: uniform SPOS).
 
     Per step (``sampler="uniform"``): ``arch = space.sample(rng)`` (one path for the whole batch),
@@ -153,6 +155,12 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
         sandwich_k, distill, temperature: the sandwich sampler's random members per step, in-place
             distillation and its temperature (``None``: 2, True, 1.0); only with ``sampler="sandwich"``.
             They belong to the run: a checkpoint of other values is not resumed.
+        controller: an object that picks the paths and learns between epochs (NAR's ENAS controller,
+            :mod:`fastnas.run.refine`), or ``None``. ``controller.sample(step)`` replaces the sampler
+            (single-path steps); ``controller.epoch_end(epoch) -> dict`` runs after every epoch and what
+            it returns (its whole state) is saved in the same checkpoint as the weights;
+            ``controller.load_state(d)`` gets it back on resume; ``controller.identity()`` (JSON) is part
+            of the checkpoint's fingerprint.
 
     Returns:
         A :class:`TrainResult`.
@@ -164,6 +172,15 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
     _check_data(train_x, train_y, batch_fn)
     sampler, strategy = supernet_plan(config.sampler, space, config.seed, sandwich_k=sandwich_k, distill=distill,
                                       temperature=temperature)
+    if controller is not None:
+        for method in ("sample", "epoch_end", "load_state", "identity"):
+            if not callable(getattr(controller, method, None)):
+                raise ValueError(f"controller: {type(controller).__name__} has no {method}(); expected an object "
+                                 "with sample(step), epoch_end(epoch), load_state(d) and identity()")
+        if config.sampler != "uniform":
+            raise ValueError(f"controller with sampler={config.sampler!r}: a controller picks one path per step; "
+                             "use sampler='uniform'")
+        sampler = controller
     sandwich = sandwich_options(sandwich_k, distill, temperature) if config.sampler == "sandwich" else None
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
     init_path = ckpt.with_name(INIT_FILENAME) if ckpt is not None else None
@@ -178,7 +195,8 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
             raise ValueError(f"drop_last=True with batch_size={config.batch_size} > N={n} leaves no batches")
         batch_fn = lambda epoch: _tensor_batches(train_x, train_y, config, epoch)  # noqa: E731
 
-    run_fp = _run_fingerprint(config, space, supernet, sandwich)
+    run_fp = _run_fingerprint(config, space, supernet, sandwich,
+                              None if controller is None else controller.identity())
     checkpointing = None
     if ckpt is not None:
         meta: Dict[str, Any] = {"config": config.to_dict(), "space": _space_identity(space)}
@@ -200,6 +218,10 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                 raise ValueError(f"checkpoint {str(ckpt)!r} has no initial weights beside it ({str(init_path)!r} "
                                  "is missing); resume=False starts over")
             initial["state"] = dict(init["model"])
+            if controller is not None:
+                if "extra" not in payload:
+                    raise ValueError(f"checkpoint {str(ckpt)!r} holds no controller state; resume=False starts over")
+                controller.load_state(payload["extra"])
         else:
             initial["state"] = _cpu_state(supernet)
             if init_path is not None:
@@ -209,6 +231,7 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
     result = train(supernet, strategy, sampler, batch_fn, config, device=device,
                    checkpoint=checkpointing, progress=progress, steps_per_epoch=steps_per_epoch,
                    rng_seed=lambda epoch: derive_seed(config.seed, "torch", epoch), on_start=on_start,
+                   on_epoch_end=None if controller is None else controller.epoch_end,
                    name=f"supernet training ({config.sampler} sampler)")
     result.initial_state = initial["state"]
     return result
