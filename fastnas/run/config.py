@@ -94,6 +94,15 @@ def _sections() -> Tuple[Section, ...]:
         Setting("channels", "int", 16, "supernet channels (the space's C)", minimum=1),
         Setting("cells", "int", 2, "cells of the supernet, in the space's own sense (e.g. cells per stage)",
                 minimum=1),
+        Setting("backbone", "str", None, "backbone space (NAR): resnet20, resnet18 or FILE.py:ClassName, a residual "
+                "network of yours (built with num_classes=/in_channels= where its constructor takes them)",
+                default_text="resnet20"),
+        Setting("granularity", "str", None, "backbone space: conv (one choice per 3x3 conv of a residual block) or "
+                "block (one per residual block)", default_text="conv", choices=("conv", "block")),
+        Setting("candidates", "str", None, "backbone space: candidate ops, comma-separated, from conv_3x3, conv_5x5, "
+                "sep_conv_3x3, sep_conv_5x5, max_pool_3x3, avg_pool_3x3", default_text="all six"),
+        Setting("max_op_params", "str", None, "backbone space: a candidate may have at most the replaced conv's "
+                "parameters (original), a multiple of them (a number) or any (none)", default_text="original"),
         Setting("valid_size", "int", 256, "search-validation images used for scoring, 0 for the whole half",
                 minimum=0, phase="search"),
         Setting("limit_train", "int", 0, "use only this many supernet-training images (0: all)", minimum=0,

@@ -163,13 +163,19 @@ def _check_limits(config: RunConfig, space: Any) -> None:
 
 
 def space_kwargs(config: RunConfig, dataset: Any) -> Dict[str, Any]:
-    """``create_space`` arguments: the generic size keywords (each space maps them onto its own names)."""
-    return {"channels": config.channels, "cells": config.cells, "num_classes": dataset.num_classes,
-            "in_channels": dataset.in_channels, "resolution": dataset.resolution}
+    """``create_space`` arguments: the generic size keywords (each space maps them onto its own names) and
+    the backbone settings where given (only a backbone space takes them; ``create_space`` says so)."""
+    kwargs = {"channels": config.channels, "cells": config.cells, "num_classes": dataset.num_classes,
+              "in_channels": dataset.in_channels, "resolution": dataset.resolution}
+    kwargs.update({k: getattr(config, key) for k, key in (("backbone", "backbone"), ("granularity", "granularity"),
+                                                          ("candidates", "candidates"),
+                                                          ("max_params", "max_op_params"))
+                   if getattr(config, key) is not None})
+    return kwargs
 
 
 def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, Any],
-          saved: Optional[RunConfig] = None) -> Prepared:
+          saved: Optional[RunConfig] = None, dataset: Any = None, space: Any = None) -> Prepared:
     from fastnas.data import load_dataset, split_for_search
     from fastnas.ops import check_env_backend
     from fastnas.spaces import create_space, list_spaces
@@ -178,18 +184,28 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
 
     if config.space not in list_spaces():
         create_space(config.space)  # raises the registry's ValueError with close matches
+    given_space = space
     device = resolve_device(config.device)
     if config.truth is not None and not Path(config.truth).is_file():
         raise ValueError(f"--truth {config.truth!r}: no such file (expected a CSV with an arch and an accuracy "
                          "column, e.g. the table of fastnas groundtruth)")
     t0 = time.perf_counter()
-    dataset = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    if dataset is None:
+        dataset = load_dataset(config.data, data_dir=config.data_dir, seed=config.seed)
+    from fastnas.spaces.base import SpaceArgumentError
+
     try:
-        space = create_space(config.space, **space_kwargs(config, dataset))
+        if given_space is None:
+            space = create_space(config.space, **space_kwargs(config, dataset))
+    except SpaceArgumentError:
+        raise
     except ValueError as e:
         raise ValueError(f"space {config.space!r} cannot take {dataset.name!r} "
                          f"({dataset.in_channels}x{dataset.resolution}x{dataset.resolution}): {e}") from None
     _check_limits(config, space)
+    from fastnas.search import check_searcher_space
+
+    check_searcher_space(config.searcher, space)  # e.g. enas on a space without choices: refused before training
     split = split_for_search(dataset, seed=config.seed)
     train = _subset(split.supernet_train, config.limit_train, config.seed, "limit-train")
     valid_full = split.search_valid
@@ -243,16 +259,20 @@ def _defaults(config: RunConfig, dataset: Any) -> Dict[str, Any]:
             "gamma": DEFAULT_GAMMA.get(config.metric), "noise": base.noise, "recal_batches": base.bn_batches}
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Validates a new run (``config.out`` must be absent or empty) and loads its data; writes nothing."""
+def prepare(config: RunConfig, *, dataset: Any = None, space: Any = None) -> Prepared:
+    """Validates a new run (``config.out`` must be absent or empty) and loads its data; writes nothing.
+
+    ``dataset`` (a :class:`fastnas.data.Dataset`) and ``space`` replace what ``config.data`` and
+    ``config.space`` name (library callers with tensors or a model object, e.g. :func:`fastnas.refine`)."""
     out = config.out or default_out()
     config = config.replace(out=out)
     run_dir = RunDir(out)
     run_dir.check_usable_for_new_run()
-    return _load(config, run_dir, False, RunDir.new_state())
+    return _load(config, run_dir, False, RunDir.new_state(), dataset=dataset, space=space)
 
 
-def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_only: bool = False) -> Prepared:
+def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_only: bool = False,
+                     dataset: Any = None, space: Any = None) -> Prepared:
     """Validates continuing the run in ``path`` with the ``given`` settings; writes nothing.
 
     With ``read_only=True`` (scoring, exporting, retraining other architectures) any setting may be
@@ -266,7 +286,7 @@ def prepare_from_run(path: str, given: Optional[Dict[str, Any]] = None, *, read_
         config = _with_changes(saved, changes)
     else:
         config = merge_resume(saved, dict(given or {}), state, str(path))
-    prepared = _load(config, run_dir, True, state, saved=None if read_only else saved)
+    prepared = _load(config, run_dir, True, state, saved=None if read_only else saved, dataset=dataset, space=space)
     if prepared.config.augment != saved.augment and state["phases"].get("train") is not None:
         raise ValueError(f"run {path!r}: augment changed since the supernet was trained")
     _check_files(prepared)
@@ -533,11 +553,17 @@ class Run:
         return build_score_fn(config or self.config, self.supernet, self.space, valid=self.p.valid,
                               calib_x=self.p.train[0], initial_state=self.initial_state, device=self.device)
 
+    def make_searcher(self, search_config: Any) -> Any:
+        """The run's searcher, new (a saved state is loaded into it after)."""
+        from fastnas.search import create_searcher
+
+        return create_searcher(self.config.searcher, self.space, search_config)
+
     def search(self) -> None:
         """Runs (or continues) the search; the searcher's state is saved after every scored candidate."""
         import json
 
-        from fastnas.search import SearchConfig, create_searcher, run_search
+        from fastnas.search import SearchConfig, run_search
 
         def searcher_config(c: RunConfig) -> SearchConfig:
             """What the run gives its searcher (each searcher reads the settings it needs)."""
@@ -560,7 +586,7 @@ class Run:
             raise ValueError(f"search state {str(path)!r} was made with other search settings {differ} (saved "
                              f"{ {k: saved['config'].get(k) for k in differ} }, now "
                              f"{ {k: settings.get(k) for k in differ} }); start a new run instead")
-        searcher = create_searcher(c.searcher, self.space, scfg)
+        searcher = self.make_searcher(scfg)
         if saved is not None:
             searcher.load_state_dict(saved["state"])
         score_fn = self.score_fn()

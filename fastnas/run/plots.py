@@ -494,3 +494,63 @@ def plot_family(members: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | 
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.fspath(path), format="png")
+
+
+def plot_controller(trace: Sequence[Mapping[str, Any]], path: "os.PathLike[str] | str", title: str = "") -> None:
+    """NAR's controller over its updates: the mean reward of each update's samples with the moving-average
+    baseline (left axis) and the policy's entropy (right axis). ``trace``: ``result.json``'s
+    ``refine.trace`` (``update``, ``reward``, ``baseline``, ``entropy``, ``epoch``)."""
+    fig = _figure(6.0, 3.6)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [int(t["update"]) + 1 for t in trace]
+    ax.plot(steps, [float(t["reward"]) for t in trace], "-", color="#1f77b4", lw=1.0, label="mean reward")
+    ax.plot(steps, [float(t["baseline"]) for t in trace], "--", color="#2ca02c", lw=1.2, label="baseline")
+    ax.set_xlabel("controller update")
+    ax.set_ylabel("reward")
+    right = ax.twinx()
+    right.plot(steps, [float(t["entropy"]) for t in trace], ":", color="#d62728", lw=1.4, label="entropy")
+    right.set_ylabel("policy entropy (nats, summed over genes)")
+    lines = ax.get_lines() + right.get_lines()
+    ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="lower right")
+    ax.set_title(title or "controller: reward, baseline and entropy", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")
+
+
+def plot_op_probabilities(epochs: Sequence[Mapping[str, Any]], space: Any, path: "os.PathLike[str] | str",
+                          title: str = "") -> None:
+    """The final policy's op probabilities per gene (a heat map, genes by candidate ops, along its greedy
+    path), and the probability of keeping the original op per gene over the epochs. ``epochs``:
+    ``result.json``'s ``refine.epochs`` (``epoch``, ``probs``: per gene, one value per allowed op)."""
+    names = ["original", *space.candidates]
+    genes = len(space.gene_ops)
+    final = epochs[-1]["probs"]
+    grid = [[math.nan] * len(names) for _ in range(genes)]
+    for g, (ops, probs) in enumerate(zip(space.gene_ops, final)):
+        for op, p in zip(ops, probs):
+            grid[g][op] = float(p)
+    fig = _figure(7.5, 1.6 + 0.22 * genes)
+    ax = fig.add_subplot(1, 2, 1)
+    import numpy as np
+
+    img = ax.imshow(np.array(grid, dtype=float), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=6)
+    ax.set_yticks(range(genes))
+    ax.set_yticklabels([str(label) for label in space.gene_labels], fontsize=6)
+    ax.set_title(f"final policy (epoch {int(epochs[-1]['epoch']) + 1})", fontsize=8)
+    fig.colorbar(img, ax=ax, fraction=0.05)
+    ax2 = fig.add_subplot(1, 2, 2)
+    xs = [int(e["epoch"]) + 1 for e in epochs]
+    for g in range(genes):
+        ax2.plot(xs, [float(e["probs"][g][0]) for e in epochs], "-", lw=0.9, marker="o", markersize=2)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("P(keep the original op)")
+    ax2.set_ylim(0.0, 1.0)
+    ax2.set_title("per gene, over training", fontsize=8)
+    ax2.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.fspath(path), format="png")

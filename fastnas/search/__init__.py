@@ -21,8 +21,8 @@ from fastnas.search.evolution import Evolution, EvolutionConfig, EvolutionState,
 from fastnas.search.exhaustive import ExhaustiveConfig, ExhaustiveSearch, exhaustive
 from fastnas.search.history import Constraints, SearchRecord, SearchResult
 from fastnas.search.random_search import RandomConfig, RandomSearch, random_search
-from fastnas.search.registry import (check_searcher_config, create_searcher, get_searcher, list_searchers,
-                                     register_searcher)
+from fastnas.search.registry import (check_searcher_config, check_searcher_space, create_searcher, get_searcher,
+                                     list_searchers, register_searcher)
 
 __all__ = [
     "Score", "Searcher", "BatchSearcher", "SearchConfig", "run_search",
@@ -32,4 +32,5 @@ __all__ = [
     "ENASSearcher", "ENASConfig", "ENASController",
     "Constraints", "SearchRecord", "SearchResult",
     "register_searcher", "create_searcher", "get_searcher", "list_searchers", "check_searcher_config",
+    "check_searcher_space",
 ]

@@ -1,8 +1,9 @@
 """ENAS's controller as an ask/tell searcher: an LSTM policy over the space's sites, trained by REINFORCE.
 
 The space exposes its choices per site: ``space.choices()`` returns the number of options of each site
-and an architecture is the tuple of the chosen indices (``(2, 0, 1, ...)``). One round (one controller
-update):
+and an architecture is the tuple of the chosen indices (``(2, 0, 1, ...)``), or, where the space has
+``from_choices(index)`` / ``to_choices(arch)`` (NAR's backbone space, whose op numbers are global), the
+architecture those indices name. One round (one controller update):
 
 1. ``ask()`` samples ``samples_per_update`` architectures from the policy (a ``random.Random`` draws
    each choice from the policy's probabilities, so a run is reproducible) and returns the ones never
@@ -40,7 +41,7 @@ from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_
 from fastnas.search.history import Arch, SearchRecord, SearchResult, best_of, canonical
 from fastnas.search.registry import register_searcher
 
-__all__ = ["ENASConfig", "ENASController", "ENASSearcher", "reinforce_step", "space_choices"]
+__all__ = ["ENASConfig", "ENASController", "ENASSearcher", "reinforce_step", "space_choices", "choice_codec"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,16 @@ def space_choices(space: Any) -> Tuple[int, ...]:
         raise ValueError(f"space {name!r}: choices()={choices!r}: expected a non-empty tuple of option "
                          "counts (integers >= 1), one per site")
     return tuple(choices)
+
+
+def choice_codec(space: Any) -> Tuple[Any, Any]:
+    """``(decode, encode)``: choice indices -> architecture and back (``space.from_choices`` /
+    ``space.to_choices`` where the space has them, else the identity on tuples)."""
+    decode = getattr(space, "from_choices", None)
+    encode = getattr(space, "to_choices", None)
+    if decode is None or encode is None:
+        return tuple, tuple
+    return decode, encode
 
 
 class ENASController(nn.Module):
@@ -285,7 +296,7 @@ class ENASSearcher(BatchSearcher):
         baseline: the moving-average baseline (None before the first update).
         rng: draws the samples.
         updates_done: controller updates so far (rounds closed).
-        samples: the open round's sampled architectures (None when no round is open).
+        samples: the open round's sampled choice indices (None when no round is open).
         trace: one entry per update: ``{"update", "baseline", "reward", "entropy", "loss", "used"}``.
     """
 
@@ -293,6 +304,7 @@ class ENASSearcher(BatchSearcher):
         super().__init__(space)
         self.config = config if config is not None else ENASConfig()
         self.choices = space_choices(space)
+        self.decode, self.encode = choice_codec(space)
         self._build()
 
     def _build(self) -> None:
@@ -344,7 +356,8 @@ class ENASSearcher(BatchSearcher):
                 samples, _, _ = self.controller.sample(cfg.samples_per_update, self.rng)
             scored = self._scored()
             new: List[Arch] = []
-            for arch in samples:
+            for index in samples:
+                arch = self.decode(index)
                 rep = canonical(self.space, arch)
                 if rep in scored or rep in new:
                     if rep != arch:
@@ -374,7 +387,7 @@ class ENASSearcher(BatchSearcher):
         used: List[Tuple[int, ...]] = []
         rewards: List[float] = []
         for arch in samples:
-            record = scored.get(canonical(self.space, arch))
+            record = scored.get(canonical(self.space, self.decode(arch)))
             if record is not None and not record.flagged and math.isfinite(record.score):
                 used.append(arch)
                 rewards.append(record.score)
@@ -399,13 +412,14 @@ class ENASSearcher(BatchSearcher):
         """The policy now: ``greedy`` (the most likely choice per site given the previous ones),
         ``probs`` (each site's option probabilities along the greedy path), ``baseline`` and ``trace``
         (per update: baseline, mean reward, mean entropy, loss, samples used)."""
-        arch, probs = self.controller.greedy()
-        return {"greedy": arch, "probs": probs, "baseline": self.baseline, "trace": [dict(t) for t in self.trace]}
+        index, probs = self.controller.greedy()
+        return {"greedy": self.decode(index), "probs": probs, "baseline": self.baseline,
+                "trace": [dict(t) for t in self.trace]}
 
     def arch_log_prob(self, arch: Sequence[int]) -> float:
         """``log p(arch)`` under the policy now."""
         with torch.no_grad():
-            log_prob, _ = self.controller([tuple(arch)])
+            log_prob, _ = self.controller([tuple(self.encode(tuple(arch)))])
         return float(log_prob[0])
 
     # ---- state
@@ -464,7 +478,4 @@ def _create_enas(space: Any, config: Union[SearchConfig, ENASConfig, None] = Non
     return ENASSearcher(space, cfg)
 
 
-def register() -> None:
-    """Registers the searcher as ``"enas"`` (not done on import: a run would accept ``--searcher enas``
-    for spaces without ``choices()`` and fail only after training the supernet)."""
-    register_searcher("enas")(_create_enas)
+register_searcher("enas", space_check=space_choices)(_create_enas)

@@ -12,20 +12,23 @@ from fastnas._hints import did_you_mean
 from fastnas.search.base import Searcher
 
 __all__ = ["register_searcher", "create_searcher", "get_searcher", "list_searchers", "check_searcher_config",
-           "SearcherFactory"]
+           "check_searcher_space", "SearcherFactory"]
 
 SearcherFactory = Callable[..., Searcher]
 
 _SEARCHERS: Dict[str, SearcherFactory] = {}
 _CHECKS: Dict[str, Callable[[Any], Any]] = {}
+_SPACE_CHECKS: Dict[str, Callable[[Any], Any]] = {}
 
 
-def register_searcher(name: str, *, check: Optional[Callable[[Any], Any]] = None
+def register_searcher(name: str, *, check: Optional[Callable[[Any], Any]] = None,
+                      space_check: Optional[Callable[[Any], Any]] = None
                       ) -> Callable[[SearcherFactory], SearcherFactory]:
     """Decorator registering ``factory(space, config=None, **kw) -> Searcher`` under ``name``.
 
     ``check(search_config)`` raises ``ValueError`` for settings the searcher cannot run with (e.g.
-    evolution's ``topk > population``), so a run can refuse them before it trains anything."""
+    evolution's ``topk > population``), and ``space_check(space)`` for a space it cannot search (the ENAS
+    controller needs ``space.choices()``), so a run can refuse them before it trains anything."""
     if not (isinstance(name, str) and name):
         raise ValueError(f"name={name!r}: expected a non-empty string")
 
@@ -33,6 +36,8 @@ def register_searcher(name: str, *, check: Optional[Callable[[Any], Any]] = None
         _SEARCHERS[name] = factory
         if check is not None:
             _CHECKS[name] = check
+        if space_check is not None:
+            _SPACE_CHECKS[name] = space_check
         return factory
 
     return deco
@@ -45,6 +50,14 @@ def check_searcher_config(name: str, config: Any) -> None:
     check = _CHECKS.get(name)
     if check is not None:
         check(config)
+
+
+def check_searcher_space(name: str, space: Any) -> None:
+    """``ValueError`` if searcher ``name`` cannot search ``space`` (before anything is trained)."""
+    get_searcher(name)
+    check = _SPACE_CHECKS.get(name)
+    if check is not None:
+        check(space)
 
 
 def list_searchers() -> List[str]:

@@ -9,6 +9,7 @@ batched forward) is answered by the space or its supernet.
 from __future__ import annotations
 
 import abc
+import inspect
 import keyword
 import math
 import random
@@ -366,6 +367,10 @@ def recalibrate_bn(forward: Callable[[torch.Tensor], Any], model: nn.Module, bat
 _SPACES: Dict[str, Callable[..., Space]] = {}
 
 
+class SpaceArgumentError(ValueError):
+    """``create_space`` got a keyword the space does not take (e.g. ``backbone=`` for NAS-Bench-201)."""
+
+
 def register_space(name: str) -> Callable[[Callable[..., Space]], Callable[..., Space]]:
     """Decorator registering a space constructor under ``name``."""
 
@@ -390,4 +395,11 @@ def create_space(name: str, **kwargs: Any) -> Space:
     if name not in _SPACES:
         hint = did_you_mean(name, list(_SPACES), n=3)
         raise ValueError(f"space={name!r} is not a known space; expected one of {list_spaces()}{hint}")
-    return _SPACES[name](**{k: v for k, v in kwargs.items() if v is not None})
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    params = inspect.signature(_SPACES[name]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(k for k in given if k not in params)
+        if unknown:
+            raise SpaceArgumentError(f"space {name!r} does not take {', '.join(f'{k}=' for k in unknown)} (it takes "
+                             f"{', '.join(k for k in params)})")
+    return _SPACES[name](**given)

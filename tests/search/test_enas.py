@@ -134,11 +134,9 @@ def test_config_from_search_config_and_dict():
         ENASConfig.from_dict({"hiden": 3})
 
 
-def test_space_without_choices_is_refused_and_registration(monkeypatch):
-    from fastnas.search import enas, registry
+def test_space_without_choices_is_refused_and_registration():
+    from fastnas.search import check_searcher_space
 
-    monkeypatch.setattr(registry, "_SEARCHERS", dict(registry._SEARCHERS))
-    enas.register()
     s = create_searcher("enas", GeneSpace(3, 4), SearchConfig(population=6, generations=2), hidden=8)
     assert isinstance(s, ENASSearcher) and (s.config.samples_per_update, s.config.hidden) == (6, 8)
 
@@ -147,3 +145,7 @@ def test_space_without_choices_is_refused_and_registration(monkeypatch):
 
     with pytest.raises(ValueError, match=r"--searcher enas.*choices\(\)"):
         create_searcher("enas", NoSites(), None)
+    with pytest.raises(ValueError, match=r"--searcher enas.*choices\(\)"):  # what a run checks before training
+        check_searcher_space("enas", NoSites())
+    check_searcher_space("enas", GeneSpace(3, 4))
+    check_searcher_space("evolution", NoSites())  # the others search any space

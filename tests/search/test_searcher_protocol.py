@@ -22,15 +22,6 @@ SEARCHERS = ["evolution", "random", "exhaustive", "enas"]
 LIMIT = {"enas": 30.0}
 
 
-@pytest.fixture(autouse=True)
-def _enas_registered(monkeypatch):
-    """"enas" is registered by ``fastnas.search.enas.register()``, not on import (see its docstring)."""
-    from fastnas.search import enas, registry
-
-    monkeypatch.setattr(registry, "_SEARCHERS", dict(registry._SEARCHERS))
-    enas.register()
-
-
 def _config(name):
     return SearchConfig(**{**CONFIG.to_dict(), "max_flops": LIMIT.get(name, CONFIG.max_flops)})
 
