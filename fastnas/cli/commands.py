@@ -482,8 +482,58 @@ def cmd_family(args: argparse.Namespace) -> int:
     return 0
 
 
+_REFINE_KEYS = ("searcher", "pretrain_epochs", "controller_steps", "samples", "reward", "reward_batch",
+                "flops_penalty", "derive", "retrain_base", "hidden", "temperature", "tanh_constant", "entropy_weight",
+                "baseline_decay", "controller_lr")
+
+
+def cmd_refine(args: argparse.Namespace) -> int:
+    from fastnas.cli.parser import REFINE_DEFAULTS
+    from fastnas.run.config import RunConfig
+    from fastnas.run.refine import RefineConfig, RefineRun, prepare_refine, prepare_refine_from_run, \
+        refine_summary_lines
+    from fastnas.spaces.resnets import BACKBONES
+
+    given = _given(args)
+    for key in ("metric", "gamma", "space", "searcher", "population", "generations", "sampler"):
+        if key in given:  # from a --config file: the flags are not offered
+            raise ValueError(f"{key}: fastnas refine sets it itself (its controller settings are --reward, --derive, "
+                             f"--searcher enas|random|evolution, ...); remove {key} from the config file")
+    refine_given = {k: getattr(args, "ref_" + k) for k in _REFINE_KEYS if hasattr(args, "ref_" + k)}
+    if args.resume:
+        prepared, rcfg = prepare_refine_from_run(args.resume, given, refine_given)
+    else:
+        for key, value in REFINE_DEFAULTS.items():
+            given.setdefault(key, value)
+        if given["backbone"] in BACKBONES:  # the built-in's own width and depth unless given
+            _, width, blocks = BACKBONES[given["backbone"]]
+            given.setdefault("channels", width)
+            given.setdefault("cells", blocks)
+        prepared, rcfg = prepare_refine(RunConfig.from_dict(given), RefineConfig(**refine_given))
+    config = prepared.config
+    setup_logging(config.quiet)
+    threads = _threads(config, prepared.dataset)
+    display = Display(quiet=config.quiet)
+    run = RefineRun(prepared, rcfg, progress=display)
+    path = str(prepared.run_dir.path)
+    space = prepared.space
+    what = "continuing" if prepared.resumed else "new refine run"
+    print(f"fastnas: {what} {path}: {space.backbone or space.model_name} ({len(space.sites)} refinable convs, "
+          f"{space.granularity} granularity: {len(space.gene_ops)} genes, {space.size():.3g} architectures) on "
+          f"{prepared.dataset.name}, searcher {rcfg.searcher}, reward {rcfg.reward}, {config.epochs} epochs"
+          f"{f' ({rcfg.pretrain_epochs} PreTrain)' if rcfg.pretrain_epochs else ''}, device {prepared.device}, "
+          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    try:
+        result = run.execute()
+    finally:
+        display.close()
+    for line in refine_summary_lines(result, path):
+        _out(line)
+    return 0
+
+
 COMMANDS = {
-    "search": cmd_search, "family": cmd_family, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
+    "search": cmd_search, "family": cmd_family, "refine": cmd_refine, "train-supernet": cmd_train_supernet, "score": cmd_score, "retrain": cmd_retrain,
     "export": cmd_export, "kendall": cmd_kendall, "groundtruth": cmd_groundtruth, "info": cmd_info,
 }
 

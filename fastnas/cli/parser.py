@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _groundtruth_parser(sub)
     _family_parser(sub)
+    _refine_parser(sub)
 
     sub.add_parser("info", help="version, kernel backends, torch, device, threads",
                    formatter_class=_Formatter,
@@ -422,6 +423,98 @@ def _family_parser(sub: Any) -> None:
             action.help = action.help.rsplit(" (default: ", 1)[0] + f" (default: {FAMILY_DEFAULTS[action.dest]})"
     f.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the family run in DIR (its config.toml and family.json)")
+    _common(f)
+
+
+# ---- fastnas refine
+
+#: What ``fastnas refine`` sets when the flag (or config file key) is not given: sized to finish on digits
+#: in a few minutes on 2 CPU cores (ResNet-20, 30 alternating epochs, 10 retraining epochs of the winner
+#: and of the base).
+REFINE_DEFAULTS = {"backbone": "resnet20", "epochs": 30, "retrain_epochs": 10}
+
+_REFINE_EPILOG = """\
+examples:
+  fastnas refine                                   # ResNet-20 on digits, conv granularity: ~3 min on 2 CPU cores
+  fastnas refine --granularity block --pretrain-epochs 5 --retrain-base
+  fastnas refine --backbone resnet18 --data cifar10 --data-dir ~/data --epochs 50 --device cuda
+  fastnas refine --backbone mynet.py:MyNet --data fashion-mnist --max-flops 30
+  fastnas refine --searcher random                 # the baseline at the same budget
+  fastnas refine --reward "accuracy + flatness"    # any fastnas score as the controller's reward
+  fastnas refine --resume runs/ref                 # continue a run that was killed (even by kill -9)
+
+what happens (NAR, Jiang et al.):
+  1. the backbone is traced with torch.fx; every 3x3 conv inside a residual block is a site (--granularity
+     conv: one choice per conv; block: one per residual block); skip connections and the rest of the graph
+     stay as they are. Candidates: conv_3x3, conv_5x5, sep_conv_3x3, sep_conv_5x5, max_pool_3x3,
+     avg_pool_3x3 (--candidates), allowed where they have no more parameters than the conv they replace
+     (--max-op-params);
+  2. alternating training: a child epoch of shared weights, each minibatch on one path drawn from the
+     controller's policy (uniform for the first --pretrain-epochs: NAR's PreTrain), then --controller-steps
+     REINFORCE updates of the LSTM controller, each on --samples architectures rewarded on a validation
+     minibatch of --reward-batch images (--reward batch-accuracy: top-1 with BatchNorm on batch statistics);
+  3. --derive architectures are sampled from the trained policy and scored on --valid-size validation
+     images; the best is the refined model. --searcher random | evolution: the baselines, trained with
+     uniform paths for the same epochs and scoring as many validation images as the controller forwarded;
+  4. the winner (and with --retrain-base, the unrefined backbone) is retrained --retrain-epochs from scratch
+     and tested;
+  5. result.json: "ops" (0 keeps the original conv, i is candidate i), "op_names", "params", "base_params",
+     "flops", "base_flops" (millions of multiply-adds per image), the controller's trace; plots/controller.png
+     (reward, baseline, entropy) and plots/op_probabilities.png. fastnas export --run DIR --out net.py writes
+     the refined network (needs only torch; a FILE.py:ClassName backbone: torch and that file).
+
+resume: a run killed at any moment continues with --resume DIR; the controller, its optimizer and baseline
+are saved with the shared weights at every epoch end, so it ends as an uninterrupted run would.
+"""
+
+
+def _refine_parser(sub: Any) -> None:
+    f = sub.add_parser("refine", help="refine a backbone's operators (NAR): skips kept, an RL controller picks ops",
+                       formatter_class=_Formatter, epilog=_REFINE_EPILOG,
+                       description="Trace a residual network, make each 3x3 conv of its residual blocks a choice "
+                                   "of cheaper operators, train the shared weights and an ENAS controller in turn, "
+                                   "derive the refined network, retrain and test it.")
+    g = f.add_argument_group("refine")
+    g.add_argument("--searcher", dest="ref_searcher", metavar="NAME", default=argparse.SUPPRESS,
+                   help="enas (the controller) | random | evolution (the baselines, same budget) (default: enas)")
+    g.add_argument("--pretrain-epochs", dest="ref_pretrain_epochs", type=int, metavar="E", default=argparse.SUPPRESS,
+                   help="uniform random paths for the first E epochs, no controller update (NAR's -RP) (default: 0)")
+    g.add_argument("--controller-steps", dest="ref_controller_steps", type=int, metavar="N",
+                   default=argparse.SUPPRESS, help="controller updates after each child epoch (default: 10)")
+    g.add_argument("--samples", dest="ref_samples", type=int, metavar="M", default=argparse.SUPPRESS,
+                   help="architectures sampled per controller update (default: 20)")
+    g.add_argument("--reward", dest="ref_reward", metavar="R", default=argparse.SUPPRESS,
+                   help="batch-accuracy (NAR's) or a fastnas metric: flatness, 'accuracy + flatness', R2 (top1 - NFR "
+                        "against the base backbone), ... (default: batch-accuracy)")
+    g.add_argument("--reward-batch", dest="ref_reward_batch", type=int, metavar="N", default=argparse.SUPPRESS,
+                   help="validation images per controller update (default: 128)")
+    g.add_argument("--flops-penalty", dest="ref_flops_penalty", type=float, metavar="W", default=argparse.SUPPRESS,
+                   help="the reward loses W * flops / base_flops (default: 0)")
+    g.add_argument("--derive", dest="ref_derive", type=int, metavar="N", default=argparse.SUPPRESS,
+                   help="architectures sampled from the trained policy and scored on --valid-size images (default: 20)")
+    g.add_argument("--retrain-base", dest="ref_retrain_base", action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help="also retrain and test the unrefined backbone (default: off)")
+    c = f.add_argument_group("controller (the ENAS code's defaults)")
+    for name, kind, default, text in (("hidden", int, 64, "LSTM hidden size"),
+                                      ("temperature", float, 5.0, "logits are divided by it"),
+                                      ("tanh-constant", float, 2.5, "then C * tanh"),
+                                      ("entropy-weight", float, 1e-4, "entropy bonus added to the reward"),
+                                      ("baseline-decay", float, 0.99, "of the moving-average baseline"),
+                                      ("controller-lr", float, 3.5e-4, "Adam's learning rate")):
+        c.add_argument(f"--{name}", dest="ref_" + name.replace("-", "_"), type=kind, metavar=name.split("-")[0].upper(),
+                       default=argparse.SUPPRESS, help=f"{text} (default: {default:g})")
+    defaults = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in REFINE_DEFAULTS.items())
+    f.description += f" Refine defaults: {defaults}; --channels/--cells default to the backbone's own."
+    config_flags(f, ["data", "train", "search", "retrain", "run"], only=[
+        n for n in SETTINGS if n not in ("space", "searcher", "population", "generations", "topk", "mutations",
+                                         "crossovers", "mutate_prob", "max_params", "metric", "gamma", "sigmas",
+                                         "alpha", "flatness_eps", "samples", "noise", "flatness_scope",
+                                         "precision", "truth", "sampler")])
+    for action in f._actions:
+        if action.dest in REFINE_DEFAULTS and action.help:
+            action.help = action.help.rsplit(" (default: ", 1)[0] + f" (default: {REFINE_DEFAULTS[action.dest]})"
+    f.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the refine run in DIR (its config.toml and refine.json)")
     _common(f)
 
 

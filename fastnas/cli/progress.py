@@ -174,6 +174,15 @@ class Display:
             bar.set_postfix_str(f"loss {info['loss']:.3f} acc {100 * info['accuracy']:.1f}%", refresh=False)
             bar.update(1)
 
+    def on_refine_controller(self, info: Dict[str, Any]) -> None:
+        self._last_line = time.monotonic()
+        log.info("controller after epoch %d: mean reward %.4f, baseline %.4f, entropy %.3f, greedy %s",
+                 info["epoch"] + 1, info["reward"], info["baseline"], info["entropy"], info["greedy"])
+
+    def on_refine_base(self, info: Dict[str, Any]) -> None:
+        if info["status"] == "start":
+            log.info("retraining the base backbone (same recipe and seed) for comparison")
+
     def on_train_end(self, info: Dict[str, Any]) -> None:
         self._close("train")
 

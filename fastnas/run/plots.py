@@ -534,7 +534,9 @@ def plot_op_probabilities(epochs: Sequence[Mapping[str, Any]], space: Any, path:
     ax = fig.add_subplot(1, 2, 1)
     import numpy as np
 
-    img = ax.imshow(np.array(grid, dtype=float), aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0)
+    values = np.array(grid, dtype=float)
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    img = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=top)  # white: not allowed there
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=6)
     ax.set_yticks(range(genes))
