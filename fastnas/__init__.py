@@ -41,4 +41,14 @@ __all__ = [
     "EvolutionConfig", "SearchConfig", "Searcher", "create_searcher", "evolve", "exhaustive", "random_search",
     "run_search",
     "TrainConfig", "train_supernet", "load_dataset",
+    "refine", "RefineResult",
 ]
+
+
+def __getattr__(name: str):
+    # fastnas.refine (NAR) lives in the run layer; imported on first use to keep `import fastnas` light
+    if name in ("refine", "RefineResult"):
+        from fastnas.run import refine as _refine_module
+
+        return getattr(_refine_module, name)
+    raise AttributeError(f"module 'fastnas' has no attribute {name!r}")

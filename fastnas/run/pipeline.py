@@ -523,10 +523,15 @@ class Run:
             self.train_result = train_supernet(
                 self.supernet, self.space, *((None, None) if batch_fn else self.p.train), self.train_config(),
                 device=self.device, checkpoint_path=self.dir / self.dir.SUPERNET, resume=True,
-                progress=self._timed_progress("train"), batch_fn=batch_fn)
+                progress=self._timed_progress("train"), batch_fn=batch_fn, controller=self.make_controller())
         self.initial_state = self.train_result.initial_state
         self._mark("train", "done")
         self.progress("phase", {"name": "train", "status": "end"})
+
+    def make_controller(self) -> Any:
+        """What picks the training paths instead of ``config.sampler`` and learns between epochs (NAR's
+        controller, :class:`fastnas.run.refine.RefineRun`), or ``None``; called once ``self.supernet`` exists."""
+        return None
 
     def load_trained(self) -> None:
         """Loads the trained supernet and its initial weights from the run directory."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -188,7 +187,8 @@ def batch_accuracy(supernet: torch.nn.Module, arch: Any, x: torch.Tensor, y: tor
 class Reward:
     """``reward(arch, (x, y)) -> float``: the refine run's reward of ``arch`` on one validation batch
     (``batch-accuracy``, or the fastnas metric's score), minus the FLOPs penalty; 0 for an architecture
-    over ``max_flops``. ``fresh()`` is called after the shared weights changed (score caches)."""
+    over ``max_flops``. ``fresh()`` is called after the shared weights changed (score caches).
+    ``initial_state``: the supernet's initial weights (for the angle), or a function returning them."""
 
     def __init__(self, refine: RefineConfig, config: RunConfig, supernet: Any, space: Any, calib_x: torch.Tensor,
                  initial_state: Any, device: torch.device) -> None:
@@ -213,8 +213,9 @@ class Reward:
         if fn is None:
             metric = Metric.parse(self.refine.reward)
             reference = self.space.original() if "reference" in metric.needs else None
+            initial = self.initial_state() if callable(self.initial_state) else self.initial_state
             fn = make_score_fn(self.refine.reward, self.supernet, self.space, valid=(x, y), calib_x=self.calib_x,
-                               initial_state=self.initial_state, flatness_config=flatness_config(self.config),
+                               initial_state=initial, flatness_config=flatness_config(self.config),
                                gamma=self.config.gamma, device=self.device, reference=reference)
             self._fns = {key: fn}
         return fn
@@ -467,38 +468,19 @@ class RefineRun(Run):
         n = self.p.train[1].shape[0]
         return n // c.batch_size if c.drop_last else -(-n // c.batch_size)
 
-    def train(self) -> None:
-        """Alternating training (enas) or uniform SPOS training (the baselines)."""
+    def make_controller(self) -> Optional[RefinePolicy]:
+        """The controller of the alternating training (enas); the baselines train uniform paths (None)."""
         if self.refine.searcher != "enas":
-            return super().train()
-        from fastnas.data import Batches
-        from fastnas.train import train_supernet
+            return None
+        reward = self._reward(self._initial_state_file)
+        self.policy = RefinePolicy(self.space, self.refine, self.config.seed, reward, self.p.valid,
+                                   self._steps_per_epoch(), self.device, progress=self.progress)
+        return self.policy
 
-        c = self.config
-        self.progress("phase", {"name": "train", "status": "start"})
-        self._mark("train", "done" if self.state["phases"].get("train") == "done" else "started")
-        self.supernet = self.build_supernet()
-        reward = Reward(self.refine, c, self.supernet, self.space, self.p.train[0], None, self.device)
-        self.policy = RefinePolicy(self.space, self.refine, c.seed, reward, self.p.valid, self._steps_per_epoch(),
-                                   self.device, progress=self.progress)
-        batch_fn = None
-        if c.augment:
-            x, y = self.p.train
-            fill = self.p.dataset.pad_fill
+    def _initial_state_file(self) -> Any:
+        from fastnas.train import INIT_KIND, load_checkpoint
 
-            def batch_fn(epoch: int):
-                return Batches(x, y, c.batch_size, seed=derive_seed(c.seed, "supernet-batches"), epoch=epoch,
-                               augment=True, fill=fill)
-
-        with self.timer.phase("train"):
-            self.train_result = train_supernet(
-                self.supernet, self.space, *((None, None) if batch_fn else self.p.train), self.train_config(),
-                device=self.device, checkpoint_path=self.dir / self.dir.SUPERNET, resume=True,
-                progress=self._timed_progress("train"), batch_fn=batch_fn, controller=self.policy)
-        self.initial_state = self.train_result.initial_state
-        reward.initial_state = self.initial_state
-        self._mark("train", "done")
-        self.progress("phase", {"name": "train", "status": "end"})
+        return load_checkpoint(self.dir / self.dir.SUPERNET_INIT, expected_kind=INIT_KIND)["model"]
 
     def load_trained(self) -> None:
         super().load_trained()

@@ -726,7 +726,8 @@ def create_backbone_space(backbone: Optional[str] = None, model: Optional[nn.Mod
     stage, on ``resolution`` x ``resolution`` inputs (default 32); ``backbone="FILE.py:ClassName"``, a
     user's network from a file (built with ``num_classes=``/``in_channels=`` where it takes them; the
     generic ``channels``/``cells`` do not apply to it) -- or a user ``model`` object with its
-    ``example_input``. ``candidates`` may be a comma-separated string, ``max_params`` a number's text."""
+    ``example_input``. A built or loaded model is initialised under seed 0 (its weights are the supernet's
+    original ops: the same in every process). ``candidates`` may be a comma-separated string, ``max_params`` a number's text."""
     granularity = "conv" if granularity is None else granularity
     candidates = _parse_candidates(candidates)
     max_params = _parse_max_params(max_params)
@@ -750,7 +751,9 @@ def create_backbone_space(backbone: Optional[str] = None, model: Optional[nn.Mod
             backbone = f"{Path(path).resolve()}:{cls_name}"
         if width is not None or blocks is not None:
             raise ValueError(f"backbone={backbone!r}: width/blocks apply to the built-in backbones only")
-        model, call_kwargs = load_backbone_file(backbone, num_classes, in_channels)
+        with torch.random.fork_rng(devices=[]):  # the model's initial weights: the same in every process
+            torch.manual_seed(0)
+            model, call_kwargs = load_backbone_file(backbone, num_classes, in_channels)
         c_in = 3 if in_channels is None else in_channels
         space = BackboneSpace(model, torch.zeros(1, c_in, res, res), granularity=granularity, candidates=candidates,
                               max_params=max_params, backbone=backbone,
@@ -769,6 +772,8 @@ def create_backbone_space(backbone: Optional[str] = None, model: Optional[nn.Mod
               "blocks": size_keyword("blocks", blocks, "cells", cells, default_blocks),
               "num_classes": 10 if num_classes is None else num_classes,
               "in_channels": 3 if in_channels is None else in_channels}
-    model = ctor(**kwargs)
+    with torch.random.fork_rng(devices=[]):  # the model's initial weights: the same in every process
+        torch.manual_seed(0)
+        model = ctor(**kwargs)
     return BackboneSpace(model, torch.zeros(1, kwargs["in_channels"], res, res), granularity=granularity,
                          candidates=candidates, max_params=max_params, backbone=backbone, backbone_kwargs=kwargs)
