@@ -197,8 +197,13 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     try:
         if given_space is None:
             space = create_space(config.space, **space_kwargs(config, dataset))
-    except SpaceArgumentError:
-        raise
+    except SpaceArgumentError as e:
+        given_keys = [k for k in ("backbone", "granularity", "candidates", "max_op_params")
+                      if getattr(config, k) is not None]
+        if given_keys:
+            raise ValueError(f"space {config.space!r} does not take " + ", ".join(SETTINGS[k].flag for k in given_keys)
+                             + " (settings of the backbone space: --space backbone, or fastnas refine)") from None
+        raise e
     except ValueError as e:
         raise ValueError(f"space {config.space!r} cannot take {dataset.name!r} "
                          f"({dataset.in_channels}x{dataset.resolution}x{dataset.resolution}): {e}") from None

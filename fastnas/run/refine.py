@@ -227,7 +227,8 @@ class Reward:
         if self.refine.reward == REWARD_BATCH_ACCURACY:
             value = batch_accuracy(self.supernet, arch, x, y)
         else:
-            value = float(self._metric_fn(x, y)(arch))
+            score = self._metric_fn(x, y)(arch)
+            value = float(getattr(score, "value", score))
         if self.refine.flops_penalty:
             value -= self.refine.flops_penalty * float(self.space.flops(arch)) / self.base_flops
         return value
