@@ -45,7 +45,7 @@ import torch
 
 from fastnas.run.config import RunConfig
 from fastnas.run.pipeline import Prepared, Run, prepare, prepare_from_run, recipe_notes
-from fastnas.run.rundir import RunDir, read_json, write_json_atomic
+from fastnas.run.rundir import RunDir, read_json, read_settings, write_json_atomic
 from fastnas.seeds import derive_seed
 
 __all__ = ["logits_of", "FamilyConfig", "REWARDS", "BUDGET_KINDS", "FAMILY_FILE", "FamilyRun", "FamilyPlan", "prepare_family",
@@ -334,13 +334,7 @@ def prepare_family_from_run(path: str, given: Optional[Dict[str, Any]] = None,
     prepared = prepare_from_run(path, given)
     if not (run_dir / FAMILY_FILE).is_file():  # killed before it was written: nothing has run yet
         return prepared, _plan(FamilyConfig(**(family_given or {})), prepared.space, prepared.config)
-    saved = read_json(run_dir / FAMILY_FILE, "family settings")
-    try:
-        if saved.get("version") != _VERSION:
-            raise ValueError(f"version {saved.get('version')!r}, this fastnas reads {_VERSION}")
-        family = FamilyConfig.from_dict(saved["settings"])
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(f"{str(run_dir / FAMILY_FILE)!r} is corrupt or from another fastnas: {e}") from None
+    family = read_settings(run_dir / FAMILY_FILE, "family settings", _VERSION, FamilyConfig.from_dict)
     changes = {k: v for k, v in (family_given or {}).items() if v is not None}
     if changes:
         new = family.replace(**changes)

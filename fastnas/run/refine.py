@@ -40,7 +40,7 @@ import torch
 
 from fastnas.run.config import RunConfig
 from fastnas.run.pipeline import Prepared, Run, prepare, prepare_from_run
-from fastnas.run.rundir import RunDir, read_json, write_json_atomic
+from fastnas.run.rundir import RunDir, read_settings, write_json_atomic
 from fastnas.seeds import derive_seed
 
 __all__ = ["RefineConfig", "RefineRun", "RefineResult", "RefinePolicy", "prepare_refine", "prepare_refine_from_run",
@@ -409,13 +409,7 @@ def prepare_refine_from_run(path: str, given: Optional[Dict[str, Any]] = None,
         raise ValueError(f"--resume {path}: this run refined a model object given to fastnas.refine() "
                          f"({prepared_saved.backbone[7:]}); continue it from Python with the same model and data")
     if (run_dir / REFINE_FILE).is_file():
-        saved = read_json(run_dir / REFINE_FILE, "refine settings")
-        try:
-            if saved.get("version") != _VERSION:
-                raise ValueError(f"version {saved.get('version')!r}, this fastnas reads {_VERSION}")
-            refine = RefineConfig.from_dict(saved["settings"])
-        except (KeyError, TypeError, AttributeError, ValueError) as e:
-            raise ValueError(f"{str(run_dir / REFINE_FILE)!r} is corrupt or from another fastnas: {e}") from None
+        refine = read_settings(run_dir / REFINE_FILE, "refine settings", _VERSION, RefineConfig.from_dict)
     else:
         refine = RefineConfig()
     state = run_dir.load_state()
@@ -582,17 +576,6 @@ class RefineRun(Run):
         result["search"]["metric"] = self.refine.reward
         write_json_atomic(self.dir / self.dir.RESULT, result)
         return result
-
-    def execute(self, *, search: bool = True) -> Optional[Dict[str, Any]]:
-        done = self.finished_result()
-        if done is not None:
-            self.progress("run:finished", {"path": str(self.dir.path)})
-            return done
-        self.start()
-        self.train()
-        self.search()
-        self.retrain()
-        return self.report()
 
 
 def refine_summary_lines(result: Mapping[str, Any], run_path: str) -> List[str]:

@@ -72,6 +72,18 @@ def read_json(path: PathLike, what: str) -> Any:
         raise ValueError(f"{what} {os.fspath(path)!r} is corrupt ({e})") from None
 
 
+def read_settings(path: PathLike, what: str, version: int, from_dict: Any) -> Any:
+    """``from_dict(d["settings"])`` of a ``{"version", "settings"}`` JSON file (``family.json``,
+    ``refine.json``); ``ValueError`` naming the file when it is corrupt or of another version."""
+    saved = read_json(path, what)
+    try:
+        if saved.get("version") != version:
+            raise ValueError(f"version {saved.get('version')!r}, this fastnas reads {version}")
+        return from_dict(saved["settings"])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"{str(path)!r} is corrupt or from another fastnas: {e}") from None
+
+
 def _header(text: str) -> str:
     """The leading comment block of a TOML text (as :func:`~fastnas.run.config.dumps_toml` writes a header)."""
     lines = []
