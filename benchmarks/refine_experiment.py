@@ -15,7 +15,7 @@ Target of the issue: at least 10% fewer FLOPs at a test accuracy within 0.3 poin
 ``OUT/results.json`` and ``OUT/results.md``; every run directory stays under ``OUT`` and a rerun resumes
 each piece (kill it at any time).
 
-    python benchmarks/refine_experiment.py --out runs/refine-exp --seeds 0,1 --workers 2
+    python benchmarks/refine_experiment.py --out runs/refine-exp --seeds 0,1,2 --baseline-seeds 0,1 --workers 2
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--baseline-seeds", default=None, help="seeds of the random/evolution arms (default: --seeds)")
     ap.add_argument("--train-images", type=int, default=4000)
     ap.add_argument("--epochs", type=int, default=8, help="shared-weight (alternating) epochs")
     ap.add_argument("--retrain-epochs", type=int, default=8)
@@ -126,7 +127,9 @@ def main() -> int:
     settings = {"train_images": args.train_images, "epochs": args.epochs, "retrain_epochs": args.retrain_epochs,
                 "controller_steps": args.controller_steps, "controller_lr": args.controller_lr,
                 "backbone": "resnet20 (width 16, 3 blocks per stage)", "seeds": args.seeds}
-    jobs = [(int(s), arm) for s in args.seeds.split(",") for arm in args.arms.split(",")]
+    baseline_seeds = {int(s) for s in (args.baseline_seeds or args.seeds).split(",")}
+    jobs = [(int(s), arm) for s in args.seeds.split(",") for arm in args.arms.split(",")
+            if arm in ("conv", "block") or int(s) in baseline_seeds]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         rows = list(pool.map(one, *zip(*[(str(out), str(npz), s, arm, common, args.retrain_epochs)
                                          for s, arm in jobs])))
