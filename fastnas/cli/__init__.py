@@ -131,6 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 return 128 + signum
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
             hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+            if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+                hint = hint.replace(": fastnas ", ": torchrun <the same options> -m fastnas ", 1)
             print(f"fastnas: interrupted{by}; {hint}", file=sys.stderr, flush=True)
             return 128 + signum
 

@@ -69,12 +69,13 @@ def _agreed(args: argparse.Namespace, make: Any) -> Any:
 
 
 def _fingerprint(args: argparse.Namespace, prepared: Any) -> Dict[str, Any]:
-    """What must be equal on every rank: the command, the resolved settings (as flags), the run's phases
-    and the data (its sizes and a hash of its labels: float bits may differ between machines)."""
+    """What must be equal on every rank: the command, the settings given (as flags; what fastnas derives
+    from them is then equal too), the run's phases and the data (its sizes and a hash of its labels: the
+    float bits of the images may differ between machines)."""
     import hashlib
 
     out: Dict[str, Any] = {"command": args.command, "--resume": getattr(args, "resume", None)}
-    out.update({"--" + k.replace("_", "-"): v for k, v in prepared.config.to_dict().items()})
+    out.update({"--" + k.replace("_", "-"): v for k, v in (prepared.given or prepared.config).to_dict().items()})
     out["phases"] = dict(prepared.state.get("phases", {}))
     for name in ("train", "valid"):
         x, y = getattr(prepared, name)
