@@ -20,6 +20,12 @@ whole training epoch or ground-truth architecture, longer than a scheduler's gra
 signal while the first unwinds exits at once with the same code. Running out of memory
 (``torch.OutOfMemoryError``) is one line too, with the flags that lower memory and how to continue, and
 exit code 1.
+
+Under torchrun (``torchrun --nproc_per_node=N -m fastnas search|train-supernet|family ...``) the command
+runs inside :func:`fastnas.distributed.process_group`: rank 0 prints and writes, the other ranks print
+only their own errors (tagged ``(rank k)``); bad input found while preparing is reported once, by rank
+0, and every rank exits 2. Losing another rank (or a rendezvous that never completes) is one line and
+exit code 1. The other commands run in one process and refuse a torchrun environment.
 """
 
 from __future__ import annotations
@@ -33,7 +39,10 @@ import sys
 import threading
 from typing import Iterator, List, Optional, Set
 
-__all__ = ["main", "Interrupted", "interrupt_signals"]
+__all__ = ["main", "Interrupted", "interrupt_signals", "DISTRIBUTED_COMMANDS"]
+
+#: The commands that run under torchrun (each rank one process of the run).
+DISTRIBUTED_COMMANDS = ("search", "train-supernet", "family", "refine")
 
 #: The signals that interrupt a command (and their exit codes, 128 + the signal number).
 INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -80,24 +89,34 @@ def interrupt_signals() -> Iterator[None]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs ``fastnas`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    from fastnas import distributed
     from fastnas.cli.commands import COMMANDS
     from fastnas.cli.parser import UsageError, build_parser
 
     parser = build_parser()
     args = None
+    tag = _rank_tag()
     with interrupt_signals():
         try:
             args = parser.parse_args(sys.argv[1:] if argv is None else argv)
             if not args.command:
                 parser.print_help()
                 return 0
-            return COMMANDS[args.command](args)
+            with _process_group(args.command, UsageError):
+                return COMMANDS[args.command](args)
         except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
             if os.environ.get("FASTNAS_DEBUG"):
                 raise
             message = flag_spelling(" ".join(str(e).split()) or type(e).__name__, parser)
-            print(f"fastnas: error: {message}", file=sys.stderr, flush=True)
+            print(f"fastnas: error: {tag}{message}", file=sys.stderr, flush=True)
             return 2
+        except distributed.Abandoned as e:  # rank 0 has said why
+            return e.exit_code
+        except distributed.DistributedError as e:
+            if os.environ.get("FASTNAS_DEBUG"):
+                raise
+            print(f"fastnas: error: {tag}{' '.join(str(e).split())}", file=sys.stderr, flush=True)
+            return 1
         except RuntimeError as e:
             if not _out_of_memory(e) or os.environ.get("FASTNAS_DEBUG"):
                 raise
@@ -108,10 +127,37 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 1
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", int(signal.SIGINT))
+            if tag:  # torchrun stops the other ranks when one ends: rank 0 says how to continue
+                return 128 + signum
             by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
             hint = _RESUME_HINT.get(getattr(args, "command", None), "nothing was left half-written")
+            if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+                hint = hint.replace(": fastnas ", ": torchrun <the same options> -m fastnas ", 1)
             print(f"fastnas: interrupted{by}; {hint}", file=sys.stderr, flush=True)
             return 128 + signum
+
+
+def _rank_tag() -> str:
+    """``"(rank k) "`` on a rank other than 0 of a torchrun world (from ``RANK``), else ``""``."""
+    try:
+        rank = int(os.environ.get("RANK", "0").strip() or 0)
+        size = int(os.environ.get("WORLD_SIZE", "1").strip() or 1)
+    except ValueError:
+        return ""
+    return f"(rank {rank}) " if size > 1 and rank != 0 else ""
+
+
+@contextlib.contextmanager
+def _process_group(command: str, usage_error: type) -> Iterator[None]:
+    """The torchrun process group for ``command`` (nothing for one process); other commands refuse one."""
+    from fastnas import distributed
+
+    w = distributed.env_world()
+    if w is not None and w.size > 1 and command not in DISTRIBUTED_COMMANDS:
+        raise usage_error(f"fastnas {command} runs in one process (WORLD_SIZE={w.size} is set); under torchrun "
+                          f"fastnas runs {', '.join(DISTRIBUTED_COMMANDS)}")
+    with distributed.process_group():
+        yield
 
 
 def _out_of_memory(e: BaseException) -> bool:

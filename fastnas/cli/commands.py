@@ -49,35 +49,90 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _agreed(args: argparse.Namespace, make: Any) -> Any:
+    """``make()`` (validation that writes nothing, returning a ``Prepared`` or a ``(Prepared, ...)`` tuple),
+    checked across the ranks of a torchrun world (:func:`fastnas.distributed.agree`): the same settings and
+    data on every rank, and no rank's bad input. One process: ``make()``."""
+    from fastnas import distributed
+    from fastnas.cli.parser import UsageError
+
+    made, error, fingerprint = None, None, None
+    try:
+        made = make()
+        fingerprint = _fingerprint(args, made[0] if isinstance(made, tuple) else made)
+        if isinstance(made, tuple):  # e.g. a family's plan
+            fingerprint.update({f"plan {k}": repr(v) for k, v in enumerate(made[1:])})
+    except (UsageError, ValueError, FileNotFoundError, NotImplementedError) as e:
+        error = e
+    distributed.agree(fingerprint, error)
+    return made
+
+
+def _fingerprint(args: argparse.Namespace, prepared: Any) -> Dict[str, Any]:
+    """What must be equal on every rank: the command, the settings given (as flags; what fastnas derives
+    from them is then equal too), the run's phases and the data (its sizes and a hash of its labels: the
+    float bits of the images may differ between machines)."""
+    import hashlib
+
+    out: Dict[str, Any] = {"command": args.command, "--resume": getattr(args, "resume", None)}
+    out.update({"--" + k.replace("_", "-"): v for k, v in (prepared.given or prepared.config).to_dict().items()})
+    out["phases"] = dict(prepared.state.get("phases", {}))
+    for name in ("train", "valid"):
+        x, y = getattr(prepared, name)
+        out[f"{name} data"] = (tuple(x.shape), hashlib.sha256(y.contiguous().numpy().tobytes()).hexdigest()[:16])
+    return out
+
+
+def _display(config: Any) -> Any:
+    """The progress display of rank 0; the other ranks show nothing (and log only errors)."""
+    from fastnas import distributed
+
+    main = distributed.is_main()
+    setup_logging(config.quiet)
+    if not main:
+        import logging
+
+        logging.getLogger("fastnas").setLevel(logging.ERROR)
+        return None
+    return Display(quiet=config.quiet)
+
+
 def _run_pipeline(args: argparse.Namespace, *, search: bool) -> int:
     from fastnas.run.config import RunConfig
     from fastnas.run.pipeline import Run, prepare, prepare_from_run
     from fastnas.run.report import summary_lines
 
-    given = _given(args)
-    if args.resume:
-        from fastnas.run.family import is_family_run
+    def make() -> Any:
+        given = _given(args)
+        if args.resume:
+            from fastnas.run.family import is_family_run
 
-        if is_family_run(args.resume):
-            raise ValueError(f"--resume {args.resume}: this is a family run; continue it with fastnas family "
-                             f"--resume {args.resume}")
-        prepared = prepare_from_run(args.resume, given)
-    else:
-        prepared = prepare(RunConfig.from_dict(given))
+            if is_family_run(args.resume):
+                raise ValueError(f"--resume {args.resume}: this is a family run; continue it with fastnas family "
+                                 f"--resume {args.resume}")
+            return prepare_from_run(args.resume, given)
+        return prepare(RunConfig.from_dict(given))
+
+    prepared = _agreed(args, make)
     config = prepared.config
-    setup_logging(config.quiet)
+    display = _display(config)
     threads = _threads(config, prepared.dataset)
-    display = Display(quiet=config.quiet)
     run = Run(prepared, progress=display)
     path = str(prepared.run_dir.path)
     what = "continuing" if prepared.resumed else "new run"
-    print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
-          f"{prepared.dataset.name}, {config.metric} via {config.searcher}, device {prepared.device}, "
-          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    world = run.world
+    ranks = f", {world.size} processes" if world.size > 1 else ""
+    if display is not None:
+        print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
+              f"{prepared.dataset.name}, {config.metric} via {config.searcher}, device {prepared.device}, "
+              f"{threads} thread(s){ranks}", file=sys.stderr, flush=True)
     try:
         result = run.execute(search=search)
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+    if display is None:
+        return 0
     if result is None:
         tr = run.train_result
         _out(f"supernet trained: {config.epochs} epochs, final loss {tr.epoch_loss[-1]:.4f}, "
@@ -448,35 +503,41 @@ def cmd_family(args: argparse.Namespace) -> int:
     from fastnas.run.family import FamilyConfig, FamilyRun, family_summary_lines, prepare_family, \
         prepare_family_from_run
 
-    given = _given(args)
-    for key in ("metric", "gamma", "max_params", "max_flops"):
-        if key in given:  # from a --config file: the flags are not offered
-            raise ValueError(f"{key.replace('_', '-')}: fastnas family ranks by --reward/--lambdas within --budgets; "
-                             f"remove {key} from the config file")
-    family_given = {k: getattr(args, "fam_" + k) for k in _FAMILY_KEYS if hasattr(args, "fam_" + k)}
-    if args.resume:
-        prepared, plan = prepare_family_from_run(args.resume, given, family_given)
-    else:
+    def make() -> Any:
+        given = _given(args)
+        for key in ("metric", "gamma", "max_params", "max_flops"):
+            if key in given:  # from a --config file: the flags are not offered
+                raise ValueError(f"{key.replace('_', '-')}: fastnas family ranks by --reward/--lambdas within "
+                                 f"--budgets; remove {key} from the config file")
+        family_given = {k: getattr(args, "fam_" + k) for k in _FAMILY_KEYS if hasattr(args, "fam_" + k)}
+        if args.resume:
+            return prepare_family_from_run(args.resume, given, family_given)
         for key, value in FAMILY_DEFAULTS.items():
             given.setdefault(key, value)
-        prepared, plan = prepare_family(RunConfig.from_dict(given), FamilyConfig(**family_given))
+        return prepare_family(RunConfig.from_dict(given), FamilyConfig(**family_given))
+
+    prepared, plan = _agreed(args, make)
     config = prepared.config
-    setup_logging(config.quiet)
+    display = _display(config)
     threads = _threads(config, prepared.dataset)
-    display = Display(quiet=config.quiet)
     run = FamilyRun(prepared, plan, progress=display)
     path = str(prepared.run_dir.path)
     what = "continuing" if prepared.resumed else "new family run"
     budgets = ",".join(f"{b:g}" for b in plan.budgets)
-    print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
-          f"{prepared.dataset.name}, {len(plan.budgets)} tiers with {plan.family.budget_kind} budgets {budgets}, "
-          f"lambdas {','.join(f'{w:g}' for w in plan.family.weights)}, containment "
-          f"{'on' if plan.family.constraint else 'off'}, {config.sampler} training, device {prepared.device}, "
-          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    ranks = f", {run.world.size} processes" if run.world.size > 1 else ""
+    if display is not None:
+        print(f"fastnas: {what} {path}: {config.space} (C={config.channels}, cells={config.cells}) on "
+              f"{prepared.dataset.name}, {len(plan.budgets)} tiers with {plan.family.budget_kind} budgets {budgets}, "
+              f"lambdas {','.join(f'{w:g}' for w in plan.family.weights)}, containment "
+              f"{'on' if plan.family.constraint else 'off'}, {config.sampler} training, device {prepared.device}, "
+              f"{threads} thread(s){ranks}", file=sys.stderr, flush=True)
     try:
         result = run.execute()
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+    if display is None:
+        return 0
     for line in family_summary_lines(result, run.state, path):
         _out(line)
     return 0
@@ -494,39 +555,45 @@ def cmd_refine(args: argparse.Namespace) -> int:
         refine_summary_lines
     from fastnas.spaces.resnets import BACKBONES
 
-    given = _given(args)
-    for key in ("metric", "gamma", "space", "searcher", "population", "generations", "sampler"):
-        if key in given:  # from a --config file: the flags are not offered
-            raise ValueError(f"{key}: fastnas refine sets it itself (its controller settings are --reward, --derive, "
-                             f"--searcher enas|random|evolution, ...); remove {key} from the config file")
-    refine_given = {k: getattr(args, "ref_" + k) for k in _REFINE_KEYS if hasattr(args, "ref_" + k)}
-    if args.resume:
-        prepared, rcfg = prepare_refine_from_run(args.resume, given, refine_given)
-    else:
+    def make() -> Any:
+        given = _given(args)
+        for key in ("metric", "gamma", "space", "searcher", "population", "generations", "sampler"):
+            if key in given:  # from a --config file: the flags are not offered
+                raise ValueError(f"{key}: fastnas refine sets it itself (its controller settings are --reward, "
+                                 f"--derive, --searcher enas|random|evolution, ...); remove {key} from the config file")
+        refine_given = {k: getattr(args, "ref_" + k) for k in _REFINE_KEYS if hasattr(args, "ref_" + k)}
+        if args.resume:
+            return prepare_refine_from_run(args.resume, given, refine_given)
         for key, value in REFINE_DEFAULTS.items():
             given.setdefault(key, value)
         if given["backbone"] in BACKBONES:  # the built-in's own width and depth unless given
             _, width, blocks = BACKBONES[given["backbone"]]
             given.setdefault("channels", width)
             given.setdefault("cells", blocks)
-        prepared, rcfg = prepare_refine(RunConfig.from_dict(given), RefineConfig(**refine_given))
+        return prepare_refine(RunConfig.from_dict(given), RefineConfig(**refine_given))
+
+    prepared, rcfg = _agreed(args, make)
     config = prepared.config
-    setup_logging(config.quiet)
+    display = _display(config)
     threads = _threads(config, prepared.dataset)
-    display = Display(quiet=config.quiet)
     run = RefineRun(prepared, rcfg, progress=display)
     path = str(prepared.run_dir.path)
     space = prepared.space
     what = "continuing" if prepared.resumed else "new refine run"
-    print(f"fastnas: {what} {path}: {space.backbone or space.model_name} ({len(space.sites)} refinable convs, "
-          f"{space.granularity} granularity: {len(space.gene_ops)} genes, {space.size():.3g} architectures) on "
-          f"{prepared.dataset.name}, searcher {rcfg.searcher}, reward {rcfg.reward}, {config.epochs} epochs"
-          f"{f' ({rcfg.pretrain_epochs} PreTrain)' if rcfg.pretrain_epochs else ''}, device {prepared.device}, "
-          f"{threads} thread(s)", file=sys.stderr, flush=True)
+    ranks = f", {run.world.size} processes" if run.world.size > 1 else ""
+    if display is not None:
+        print(f"fastnas: {what} {path}: {space.backbone or space.model_name} ({len(space.sites)} refinable convs, "
+              f"{space.granularity} granularity: {len(space.gene_ops)} genes, {space.size():.3g} architectures) on "
+              f"{prepared.dataset.name}, searcher {rcfg.searcher}, reward {rcfg.reward}, {config.epochs} epochs"
+              f"{f' ({rcfg.pretrain_epochs} PreTrain)' if rcfg.pretrain_epochs else ''}, device {prepared.device}, "
+              f"{threads} thread(s){ranks}", file=sys.stderr, flush=True)
     try:
         result = run.execute()
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+    if display is None:
+        return 0
     for line in refine_summary_lines(result, path):
         _out(line)
     return 0

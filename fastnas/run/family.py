@@ -375,10 +375,11 @@ class FamilyRun(Run):
                             notes=notes)
         else:
             self.dir.save_config(self.config, header=f"fastnas {_HEADER_MARK} (resumed)", notes=notes)
-        write_json_atomic(self.dir / FAMILY_FILE, self.plan.to_dict(self.space))
+        self.dir.write_json(self.dir / FAMILY_FILE, self.plan.to_dict(self.space))
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)
         self.dir.save_state(self.state)
+        self.world.barrier()
 
     # ---- the tiers
 
@@ -423,7 +424,7 @@ class FamilyRun(Run):
                       "reference": ref_text, "searcher": c.searcher, "config": settings, "member": None}
 
             def save() -> None:
-                write_json_atomic(path, {**record, "state": searcher.state_dict()})
+                self.dir.write_json(path, {**record, "state": searcher.state_dict()})
 
             def callback(event: str, info: Dict[str, Any], base: int = offset) -> None:
                 if event == "candidate":
@@ -437,7 +438,7 @@ class FamilyRun(Run):
             self.progress("search:start", {"total": searcher.total, "done": searcher.n_scored,
                                            "desc": f"tier {k}/{len(plan.budgets)}"})
             t0 = time.perf_counter()
-            result = run_search(searcher, score_fn, callback=callback)
+            result = run_search(searcher, score_fn, callback=callback, world=self.world)
             elapsed = time.perf_counter() - t0
             self.timer.add("recalibration", score_fn.recal_seconds)
             self.timer.add("scoring", score_fn.seconds - score_fn.recal_seconds)
@@ -451,7 +452,7 @@ class FamilyRun(Run):
                                  "--no-constraint")
             record.update(member=best.text, score=best.score, parts=dict(best.parts), n_scored=len(result.history),
                           generations=result.generations)
-            write_json_atomic(path, {**record, "state": searcher.state_dict()})
+            self.dir.write_json(path, {**record, "state": searcher.state_dict()})
             self.dir.save_state(self.state)  # the timings of this tier
             self.tier_records.append(record)
             members.append(best.arch)
@@ -461,6 +462,7 @@ class FamilyRun(Run):
                                             "score": best.score})
         self.members = members
         self._mark("search", "done")
+        self.world.barrier()
         self.progress("phase", {"name": "search", "status": "end"})
         return members
 
@@ -512,10 +514,15 @@ class FamilyRun(Run):
             previous_logits = logits
         return rows
 
-    def report(self) -> Dict[str, Any]:
-        """Evaluates the members, writes ``result.json``, ``plots/family.png`` and ``export/``."""
+    def report(self) -> Optional[Dict[str, Any]]:
+        """Evaluates the members, writes ``result.json``, ``plots/family.png`` and ``export/`` (rank 0; the
+        other ranks wait for it and return ``None``)."""
         from fastnas.run.family_export import export_family
         from fastnas.run.plots import plot_family
+
+        if not self.dir.writes:
+            self.world.barrier()
+            return None
 
         self.progress("phase", {"name": "report", "status": "start"})
         t0 = time.perf_counter()
@@ -554,6 +561,7 @@ class FamilyRun(Run):
         write_json_atomic(self.dir / self.dir.RESULT, result)
         self.timer.add("report", time.perf_counter() - t0)
         self._mark("report", "done")
+        self.world.barrier()
         self.progress("report:written", {"path": str(self.dir / self.dir.RESULT)})
         self.progress("phase", {"name": "report", "status": "end"})
         return result

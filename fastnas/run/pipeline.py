@@ -13,6 +13,11 @@ never leaves a half-made run directory; :class:`Run` then executes the phases. E
 All randomness derives from ``config.seed`` (weights, split, batch order, sampling, search, noise), so a
 resumed run ends with the same ``result.json`` (timings aside) as an uninterrupted one on the same device
 with the same thread count. Library code: progress goes to the ``progress(event, info)`` callback.
+
+Under torchrun (:mod:`fastnas.distributed`) every rank runs the same phases in step: each rank scores
+its share of every generation (the history is that of one process), only rank 0 writes the run
+directory and reports progress, and the ranks meet at a barrier after each phase. A world size that
+does not divide ``--batch-size`` is refused by :func:`prepare` while training remains to be done.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 
+from fastnas import distributed
 from fastnas.run.config import PHASE_KEYS, RECIPE_FALLBACK, RECIPE_KEYS, SESSION_KEYS, SETTINGS, RunConfig
 from fastnas.seeds import derive_seed, derive_seed as derived_seed  # derived_seed: old name, used by Run.search
-from fastnas.run.rundir import RunDir, read_json, write_json_atomic
+from fastnas.run.rundir import RunDir, read_json
 
 __all__ = ["Prepared", "Run", "prepare", "prepare_from_run", "resolve_device", "merge_resume",
            "default_out", "ProgressFn", "space_recipe", "recipe_notes"]
@@ -53,8 +59,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_out(root: str = "runs") -> str:
-    """``runs/<YYYYmmdd-HHMMSS>``, with a suffix if that exists."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """``runs/<YYYYmmdd-HHMMSS>``, with a suffix if that exists (under torchrun: rank 0's start time, the
+    same directory on every rank)."""
+    stamp = datetime.datetime.fromtimestamp(distributed.start_time()).strftime("%Y%m%d-%H%M%S")
     path = Path(root) / stamp
     k = 2
     while path.exists():
@@ -185,7 +192,7 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     if config.space not in list_spaces():
         create_space(config.space)  # raises the registry's ValueError with close matches
     given_space = space
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     if config.truth is not None and not Path(config.truth).is_file():
         raise ValueError(f"--truth {config.truth!r}: no such file (expected a CSV with an arch and an accuracy "
                          "column, e.g. the table of fastnas groundtruth)")
@@ -229,9 +236,26 @@ def _load(config: RunConfig, run_dir: RunDir, resumed: bool, state: Dict[str, An
     from fastnas.train import supernet_plan
 
     supernet_plan(config.sampler, space, config.seed)  # a sampler the space lacks fails before anything runs
+    _check_world(config, state)
     return Prepared(config=config, run_dir=run_dir, resumed=resumed, state=state, dataset=dataset, space=space,
                     train=train, valid=valid, valid_full=valid_full, device=device,
                     data_seconds=time.perf_counter() - t0, given=given, saved=saved)
+
+
+def _check_world(config: RunConfig, state: Dict[str, Any]) -> None:
+    """Under torchrun each rank trains on ``batch_size / world`` images of every step: while a training phase
+    remains (the supernet's, or the retraining's), the world size must divide the batch size."""
+    size = distributed.world().size
+    phases = state.get("phases", {})
+    training = phases.get("train") != "done" or (config.retrain_epochs > 0 and phases.get("retrain") != "done")
+    if size == 1 or not training or config.batch_size % size == 0:
+        return
+    b = config.batch_size
+    below, above = b // size * size, (b // size + 1) * size
+    choices = f"{below} or {above}" if below > 0 else f"{above}"
+    raise ValueError(f"--batch-size {b} is not divisible by the world size {size} (the processes torchrun "
+                     f"started): each rank trains on batch-size / {size} images per step; give a multiple of "
+                     f"{size}, e.g. {choices}")
 
 
 def space_recipe(config: RunConfig, space: Any) -> Dict[str, Any]:
@@ -413,6 +437,7 @@ class Run:
         self.dir = prepared.run_dir
         self.state = prepared.state
         self.device = prepared.device
+        self.world = distributed.world()
         self.progress = progress or (lambda event, info: None)
         self.timer = _Timer(self.state, lambda: self.dir.save_state(self.state))
         self.supernet: Any = None
@@ -482,6 +507,7 @@ class Run:
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)
         self.dir.save_state(self.state)
+        self.world.barrier()  # the run directory exists before any rank goes on
 
     def _timed_progress(self, phase: str) -> ProgressFn:
         """The progress callback of a training phase: forwards its events and keeps the phase's time in
@@ -531,6 +557,7 @@ class Run:
                 progress=self._timed_progress("train"), batch_fn=batch_fn, controller=self.make_controller())
         self.initial_state = self.train_result.initial_state
         self._mark("train", "done")
+        self.world.barrier()  # rank 0's last checkpoint is in place before any rank goes on
         self.progress("phase", {"name": "train", "status": "end"})
 
     def make_controller(self) -> Any:
@@ -604,8 +631,8 @@ class Run:
         total, rounds = searcher.total, searcher.planned_rounds
 
         def save() -> None:
-            write_json_atomic(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher, "config": settings,
-                                     "state": searcher.state_dict()})
+            self.dir.write_json(path, {"version": _SEARCH_STATE_VERSION, "searcher": c.searcher, "config": settings,
+                                       "state": searcher.state_dict()})
 
         def seconds() -> Dict[str, float]:
             elapsed = time.perf_counter() - t_search
@@ -624,7 +651,7 @@ class Run:
 
         self.progress("search:start", {"total": total, "done": searcher.n_scored})
         try:
-            result = run_search(searcher, score_fn, callback=callback)
+            result = run_search(searcher, score_fn, callback=callback, world=self.world)
             save()
         except BaseException:
             self.timer.tick(seconds(), force=True)  # Ctrl-C or an error: the time spent so far still counts
@@ -637,6 +664,7 @@ class Run:
             self.state["scoring"] = {"route": route["route"], "route_reason": route.get("route_reason")}
         self.search_result = result
         self._mark("search", "done")
+        self.world.barrier()
         self.progress("phase", {"name": "search", "status": "end"})
 
     def retrain(self) -> None:
@@ -650,6 +678,7 @@ class Run:
         with self.timer.phase("retrain"):
             self.retrain_result = self.retrain_arch(arch, self.dir / self.dir.RETRAIN)
         self._mark("retrain", "done")
+        self.world.barrier()
         self.progress("phase", {"name": "retrain", "status": "end"})
 
     def retrain_arch(self, arch: Any, checkpoint: Optional[Path], epochs: Optional[int] = None) -> Dict[str, Any]:
@@ -666,14 +695,19 @@ class Run:
                        build_kwargs=build, checkpoint_path=checkpoint,
                        progress=self._timed_progress("retrain"))
 
-    def report(self) -> Dict[str, Any]:
-        """Writes history.csv, result.json and the plots; returns the result."""
+    def report(self) -> Optional[Dict[str, Any]]:
+        """Writes history.csv, result.json and the plots; returns the result (rank 0; ``None`` on the others,
+        which wait for it)."""
         from fastnas.run.report import write_report
 
+        if not self.dir.writes:
+            self.world.barrier()
+            return None
         self.progress("phase", {"name": "report", "status": "start"})
         t0 = time.perf_counter()
         result = write_report(self, timed_report_seconds=lambda: time.perf_counter() - t0)
         self._mark("report", "done")
+        self.world.barrier()
         self.progress("phase", {"name": "report", "status": "end"})
         return result
 

@@ -40,7 +40,7 @@ import torch
 
 from fastnas.run.config import RunConfig
 from fastnas.run.pipeline import Prepared, Run, prepare, prepare_from_run
-from fastnas.run.rundir import RunDir, read_settings, write_json_atomic
+from fastnas.run.rundir import RunDir, read_settings
 from fastnas.seeds import derive_seed
 
 __all__ = ["RefineConfig", "RefineRun", "RefineResult", "RefinePolicy", "prepare_refine", "prepare_refine_from_run",
@@ -295,7 +295,7 @@ class RefinePolicy:
                     samples, _, _ = self.controller.sample(r.samples, rng)
                 batch = self._batch(epoch, update)
                 archs = [self.space.from_choices(i) for i in samples]
-                rewards = [self.reward(a, batch) for a in archs]
+                rewards = self._rewards(archs, batch)
                 stats = reinforce_step(self.controller, self.optimizer, samples, rewards, baseline=self.baseline,
                                        entropy_weight=r.entropy_weight, baseline_decay=r.baseline_decay)
                 self.baseline = stats["baseline"]
@@ -312,6 +312,20 @@ class RefinePolicy:
                 "epoch": epoch, "reward": sum(t["reward"] for t in last) / len(last),
                 "entropy": last[-1]["entropy"], "baseline": self.baseline, "greedy": self.epochs[-1]["greedy"]})
         return self.state()
+
+    def _rewards(self, archs: Sequence[Any], batch: Tuple[torch.Tensor, torch.Tensor]) -> List[float]:
+        """The rewards of ``archs``; under torchrun rank r computes ``archs[r::world]`` and every rank gets all
+        of them (the controller is seeded identically on every rank and takes the same step)."""
+        from fastnas import distributed
+
+        w = distributed.world()
+        if w.size == 1:
+            return [self.reward(a, batch) for a in archs]
+        mine = {i: self.reward(archs[i], batch) for i in range(w.rank, len(archs), w.size)}
+        merged: Dict[int, float] = {}
+        for part in w.all_gather_object(mine):
+            merged.update(part)
+        return [merged[i] for i in range(len(archs))]
 
     def state(self) -> Dict[str, Any]:
         return {"version": _VERSION, "controller": self.controller.state_dict(),
@@ -449,10 +463,11 @@ class RefineRun(Run):
                             notes=self._notes(record))
         else:
             self.save_config("train")
-        write_json_atomic(self.dir / REFINE_FILE, {"version": _VERSION, "settings": self.refine.to_dict()})
+        self.dir.write_json(self.dir / REFINE_FILE, {"version": _VERSION, "settings": self.refine.to_dict()})
         self.state["sessions"] = int(self.state.get("sessions", 0)) + 1
         self.timer.add("data", self.p.data_seconds)
         self.dir.save_state(self.state)
+        self.world.barrier()  # the run directory exists before any rank goes on
 
     def _reward(self, initial_state: Any = None) -> Reward:
         return Reward(self.refine, self.config, self.supernet, self.space, self.p.train[0], initial_state,
@@ -534,10 +549,10 @@ class RefineRun(Run):
             self.base_result = self.retrain_arch(self.space.original(), self.dir / "retrain_base.pt")
         self.progress("refine:base", {"status": "end"})
 
-    def report(self) -> Dict[str, Any]:
+    def extra_result(self, result: Mapping[str, Any]) -> Dict[str, Any]:
+        """NAR's fields of ``result.json`` (written in the same file as the rest, by rank 0)."""
         from fastnas.run import plots
 
-        result = super().report()
         space = self.space
         arch = self.search_result.best.arch
         base = space.original()
@@ -558,7 +573,7 @@ class RefineRun(Run):
                     import logging
 
                     logging.getLogger(__name__).warning("plot %s failed: %s: %s", name, type(e).__name__, e)
-        result.update({
+        return {
             "ops": list(arch), "op_names": space.describe(arch), "sites": space.site_ops(arch),
             "params": params, "base_params": base_params, "flops": flops, "base_flops": base_flops,
             "flops_reduction": 1.0 - flops / base_flops if base_flops else None,
@@ -572,10 +587,8 @@ class RefineRun(Run):
                        "controller_images": self.policy.controller_evaluations() if self.policy else 0,
                        "trace": trace, "epochs": epochs},
             "plots": written,
-        })
-        result["search"]["metric"] = self.refine.reward
-        write_json_atomic(self.dir / self.dir.RESULT, result)
-        return result
+            "search": {**result["search"], "metric": self.refine.reward},
+        }
 
 
 def refine_summary_lines(result: Mapping[str, Any], run_path: str) -> List[str]:

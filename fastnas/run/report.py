@@ -186,6 +186,9 @@ def write_report(run: Any, timed_report_seconds: Callable[[], float]) -> Dict[st
     if run.retrain_result is not None:
         out["retrain"] = dict(run.retrain_result)
     run.state["timings"] = timings
+    extra = getattr(run, "extra_result", None)
+    if callable(extra):  # a run kind's own fields (NAR's ops, params, FLOPs against the base), in the same file
+        out.update(extra(out))
     write_json_atomic(d / d.RESULT, out)
     return out
 

@@ -14,6 +14,9 @@ Layout of a run directory::
 
 Every file is written to a temporary file in the same directory and moved into place with
 ``os.replace``: a run killed at any moment leaves each file either old or new, never half-written.
+
+Under torchrun only rank 0 writes: a :class:`RunDir` of another rank (``writes`` is False) reads the
+files but its ``create``, ``save_config``, ``save_state`` and ``write_json`` do nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
+from fastnas import distributed
 from fastnas._io import atomic_write
 from fastnas.run.config import LEGACY_VALUES, RunConfig, dumps_toml, load_toml
 
@@ -95,7 +99,13 @@ def _header(text: str) -> str:
 
 
 class RunDir:
-    """Paths of one run directory and its phase record (``state.json``)."""
+    """Paths of one run directory and its phase record (``state.json``).
+
+    Args:
+        path: the directory.
+        writes: whether this process writes it (``None``: when it is rank 0 of its world, see
+            :mod:`fastnas.distributed`; always for one process).
+    """
 
     CONFIG = "config.toml"
     STATE = "state.json"
@@ -107,8 +117,9 @@ class RunDir:
     RESULT = "result.json"
     PLOTS = "plots"
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, writes: Optional[bool] = None) -> None:
         self.path = Path(path)
+        self.writes = distributed.is_main() if writes is None else bool(writes)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -153,6 +164,8 @@ class RunDir:
 
     def create(self, config: RunConfig, header: str = "", notes: Optional[Dict[str, str]] = None) -> None:
         """Makes the directory and writes ``config.toml`` and a fresh ``state.json``."""
+        if not self.writes:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         self.save_config(config, header, notes)
         self.save_state(self.new_state())
@@ -163,6 +176,8 @@ class RunDir:
 
         ``header=None`` keeps the header comment of the file there; ``notes``: a comment per key (see
         :func:`~fastnas.run.config.dumps_toml`)."""
+        if not self.writes:
+            return False
         path = self.path / self.CONFIG
         try:
             old: Optional[str] = path.read_text(encoding="utf-8")
@@ -194,7 +209,13 @@ class RunDir:
         return state
 
     def save_state(self, state: Dict[str, Any]) -> None:
-        write_json_atomic(self.path / self.STATE, state)
+        if self.writes:
+            write_json_atomic(self.path / self.STATE, state)
+
+    def write_json(self, path: PathLike, obj: Any) -> None:
+        """:func:`write_json_atomic` of ``obj`` to ``path`` (a file of this run) if this process writes."""
+        if self.writes:
+            write_json_atomic(path, obj)
 
     def phase(self, state: Dict[str, Any], name: str) -> Optional[str]:
         """``None``, ``"started"`` or ``"done"``."""

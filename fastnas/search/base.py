@@ -12,8 +12,9 @@ A searcher proposes architectures and learns from their scores; it never scores 
 :func:`run_search` is that loop with a callback after each candidate and each round, where a caller
 saves ``searcher.state_dict()``: a searcher restored from a snapshot taken at any callback (even in the
 middle of a round: "asked these, told the first k") continues exactly as the uninterrupted one would.
-Keeping scoring out of the protocol is what lets sharded scoring (rank r scores ``archs[r::world]``)
-and an RL controller (ask samples from a policy, tell updates it) use the same loop.
+Keeping scoring out of the protocol is what lets sharded scoring (``run_search(..., world=...)``: rank r
+scores ``archs[r::world]``, the scores are gathered and every rank tells all of them) and an RL
+controller (ask samples from a policy, tell updates it) use the same loop.
 """
 
 from __future__ import annotations
@@ -156,8 +157,16 @@ class SearchConfig:
         return config_from_dict(cls, d)
 
 
-def run_search(searcher: Searcher, score_fn: ScoreFn, *, callback: Optional[Callback] = None) -> SearchResult:
+def run_search(searcher: Searcher, score_fn: ScoreFn, *, callback: Optional[Callback] = None,
+               world: Any = None) -> SearchResult:
     """Asks, scores each architecture with ``score_fn``, tells; until the searcher is done.
+
+    With a ``world`` of several processes (every rank runs this loop with an identical searcher), rank
+    ``r`` of ``size`` scores ``archs[r::size]`` of each round, the scores are gathered
+    (``world.all_gather_object``) and every rank tells all of them in the order asked, so every rank's
+    searcher -- and the history -- is that of one process scoring them all. A candidate's score must
+    not depend on which rank scores it or on what that rank scored before (fastnas's scores do not:
+    their noise is keyed by the parameter index, their recalibration batches by the run's seed).
 
     Args:
         searcher: a :class:`Searcher`, new or restored with ``load_state_dict``.
@@ -166,18 +175,30 @@ def run_search(searcher: Searcher, score_fn: ScoreFn, *, callback: Optional[Call
             ``record``, ``generation`` (the record's), ``n_scored``, ``searcher``) and ``"generation"`` after
             each closed round (info: ``generation`` (the round's index),
             ``best``, ``topk``, ``n_scored``, ``searcher``). ``info["searcher"].state_dict()`` at either
-            event is a valid checkpoint; an exception from the callback stops the search.
+            event is a valid checkpoint; an exception from the callback stops the search. It is called
+            on rank 0 only (where a run records progress and saves state), after the round's gather.
+        world: ``rank``, ``size`` and ``all_gather_object(obj) -> [obj of each rank]``
+            (:class:`fastnas.distributed.World`); ``None``: this process alone. One process scores and
+            tells one candidate at a time (a checkpoint after each); several exchange scores once a round.
 
     Returns:
         ``searcher.result()``.
     """
+    rank, size = (0, 1) if world is None else (int(world.rank), int(world.size))
+    if callback is not None and rank != 0:
+        callback = None
     n_scored = searcher.n_scored
     while not searcher.done:
         archs = searcher.ask()
         if not archs:
             break
-        for arch in archs:
-            score = coerce_score(score_fn(arch))
+        if size == 1:  # lazily: each candidate is told (and checkpointed) before the next is scored
+            scored: Any = ((arch, coerce_score(score_fn(arch))) for arch in archs)
+        else:
+            mine = [coerce_score(score_fn(arch)) for arch in archs[rank::size]]
+            shards = world.all_gather_object(mine)
+            scored = [(arch, shards[i % size][i // size]) for i, arch in enumerate(archs)]
+        for arch, score in scored:
             (record,) = searcher.tell([arch], [score])
             n_scored += 1
             if callback is not None:
