@@ -99,7 +99,8 @@ def sync_batch_norm(x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optio
     dims = [0] + list(range(2, x.dim()))
     count = torch.full((1,), x.numel() // max(c, 1), dtype=torch.float64, device=x.device)
     # float64 sums: var = E[x^2] - E[x]^2 would cancel in float32 when |mean| >> std.
-    local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64), count])
+    xd = x.double()  # squares in float64 too: a float32 x * x loses var where var << mean^2
+    local = torch.cat([xd.sum(dims), (xd * xd).sum(dims), count])
     total = _AllReduceStats.apply(local)
     n = total[-1].detach()  # a count: no gradient
     if float(n) <= 1:
