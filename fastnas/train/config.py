@@ -76,7 +76,9 @@ class TrainConfig:
     sampler: str = field(default="uniform", metadata={"choices": SAMPLERS})
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
     channels_last: bool = False
-    sync_bn: bool = True
+    sync_bn: bool = field(default=True, metadata={"help": "under torch.distributed, BatchNorm over the global batch "
+                                                  "(the single-process trajectory; costs 2 collectives per BatchNorm "
+                                                  "and step), true/false; no effect in one process"})
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: Optional[int]) -> None:

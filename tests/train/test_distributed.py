@@ -257,3 +257,17 @@ def test_sync_batchnorm_names_a_module_it_cannot_convert():
         sync_batchnorm(net)
     assert type(net[1]) is MyBN
     assert not isinstance(net[1], SyncBatchNorm2d)
+
+
+def test_a_strategy_without_reduce_grads_is_refused_under_distributed():
+    from fastnas.train.loop import _check_plugs
+    from fastnas.train.samplers import FixedSampler
+
+    class OldStrategy:
+        def step(self, model, choice, x, y, optimizer, *, grad_clip=0.0, label_smoothing=0.0):
+            raise AssertionError("not called")
+
+    _check_plugs(OldStrategy(), FixedSampler(None), "fp32", world_size=1)  # one process: as before
+    with pytest.raises(ValueError, match=r"OldStrategy.step takes no reduce_grads argument, so it cannot train "
+                                         r"under torch.distributed \(world size 2\)"):
+        _check_plugs(OldStrategy(), FixedSampler(None), "fp32", world_size=2)
