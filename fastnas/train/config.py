@@ -16,7 +16,7 @@ SAMPLERS = ("uniform", "per-cell", "fair", "sandwich")
 #: Training precisions (``TrainConfig.precision``).
 PRECISIONS = ("fp32", "bf16")
 #: Fields added after the first checkpoint format, with the defaults that train as fastnas 0.1 did.
-LATER_FIELDS: Dict[str, Any] = {"sampler": "uniform", "precision": "fp32", "channels_last": False}
+LATER_FIELDS: Dict[str, Any] = {"sampler": "uniform", "precision": "fp32", "channels_last": False, "sync_bn": True}
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,10 @@ class TrainConfig:
         channels_last: train with the model and the batches in channels-last memory format (the same
             values; the model returns to the default layout when training ends). Measured 1.25-2.3x the
             default layout for NB201 supernets on a CPU (``benchmarks/bench_train.py``).
+        sync_bn: under ``torch.distributed`` with more than one rank, BatchNorm normalises by the statistics
+            of the global batch (:mod:`fastnas.train.sync_batchnorm`), so the run trains what one process on
+            the whole batch would, up to reduction order; ``False``: each rank's shard statistics (cheaper,
+            another trajectory). No effect in one process.
     """
 
     epochs: int = 250
@@ -72,6 +76,9 @@ class TrainConfig:
     sampler: str = field(default="uniform", metadata={"choices": SAMPLERS})
     precision: str = field(default="fp32", metadata={"choices": PRECISIONS})
     channels_last: bool = False
+    sync_bn: bool = field(default=True, metadata={"help": "under torch.distributed, BatchNorm over the global batch "
+                                                  "(the single-process trajectory; costs 2 collectives per BatchNorm "
+                                                  "and step), true/false; no effect in one process"})
 
     def __post_init__(self) -> None:
         def check_int(name: str, minimum: Optional[int]) -> None:
@@ -96,7 +103,7 @@ class TrainConfig:
         check_float("weight_decay", lambda v: v >= 0, "a number >= 0")
         check_float("grad_clip", lambda v: v >= 0, "a number >= 0; 0 disables clipping")
         check_float("label_smoothing", lambda v: 0 <= v < 1, "a number in [0, 1)")
-        for name in ("nesterov", "augment", "drop_last"):
+        for name in ("nesterov", "augment", "drop_last", "sync_bn"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"Invalid {name} value: {getattr(self, name)!r} (expected True or False)")
         for name, options in (("sampler", SAMPLERS), ("precision", PRECISIONS)):

@@ -28,6 +28,13 @@ precision="bf16")``: forward under bf16 autocast, see :mod:`fastnas.train.precis
 ``channels_last=True`` converts the model's 4-D weights and every 4-D batch to channels-last for the
 run, and the model back to the default layout when training ends (values are unchanged by either).
 
+Distributed (``torchrun``; the caller initialises ``torch.distributed``): every rank trains the same
+path on its contiguous slice of the single-process batch, the path's gradients are averaged over the
+ranks in one bucket before clipping and the optimizer step (the strategy calls ``reduce_grads(params)``,
+passed only then), BatchNorm uses the global batch's statistics (``config.sync_bn``), the epoch's loss
+and accuracy are the global ones, and rank 0 alone writes the checkpoint; see
+:mod:`fastnas.train.distributed`. One process runs exactly as without it.
+
 Schedule: :class:`torch.optim.lr_scheduler.CosineAnnealingLR` with ``T_max=epochs`` and
 ``eta_min=lr_min``, stepped once per epoch as in the DARTS and GeNAS trainers: epoch ``e`` (0-based)
 trains at ``lr_min + (lr - lr_min) * (1 + cos(pi * e / epochs)) / 2``.
@@ -36,6 +43,7 @@ trains at ``lr_min + (lr - lr_min) * (1 + cos(pi * e / epochs)) / 2``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -49,9 +57,11 @@ import torch
 from torch import nn
 
 from fastnas.seeds import derive_seed
+from fastnas.train import distributed as dist
 from fastnas.train.checkpoint import load_checkpoint, save_checkpoint
 from fastnas.train.config import TrainConfig
 from fastnas.train.precision import check_precision
+from fastnas.train.sync_batchnorm import synced_batchnorm
 
 __all__ = ["train", "Sampler", "StepStrategy", "StepResult", "TrainResult", "Checkpointing", "cosine_lr",
            "seeded_global_rng"]
@@ -95,7 +105,10 @@ class StepStrategy(Protocol):
         """Trains ``choice`` on the batch ``(x, y)`` (on the model's device); returns detached values.
 
         A strategy that also takes ``precision`` (``"bf16"``: forward under autocast) can train with
-        ``TrainConfig.precision="bf16"``; :func:`train` passes it only when it is not ``"fp32"``.
+        ``TrainConfig.precision="bf16"``; :func:`train` passes it only when it is not ``"fp32"``. One that
+        takes ``reduce_grads`` can train under ``torch.distributed``: :func:`train` passes it only with more
+        than one rank, and the strategy calls ``reduce_grads(params)`` on the parameters it is about to
+        update, after ``backward`` and before clipping (the same list on every rank).
         """
         ...
 
@@ -174,19 +187,38 @@ def seeded_global_rng(seed: int, device: Union[str, torch.device]) -> Iterator[N
             yield
 
 
-def _check_plugs(strategy: Any, sampler: Any, precision: str) -> None:
+def _takes(fn: Callable[..., Any], name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _check_plugs(strategy: Any, sampler: Any, precision: str, world_size: int = 1) -> None:
     if not callable(getattr(strategy, "step", None)):
         raise ValueError(f"strategy: {type(strategy).__name__} has no step(model, choice, x, y, optimizer); "
                          "expected a StepStrategy such as SinglePath() or Standalone()")
     if not callable(getattr(sampler, "sample", None)):
         raise ValueError(f"sampler: {type(sampler).__name__} has no sample(step); expected a Sampler such "
                          "as UniformSampler(space, seed) or FixedSampler(arch)")
+    if world_size > 1 and not _takes(strategy.step, "reduce_grads"):
+        raise ValueError(f"strategy {type(strategy).__name__}.step takes no reduce_grads argument, so it cannot train "
+                         f"under torch.distributed (world size {world_size}): it must call reduce_grads(params) "
+                         "after backward and before clipping (see SinglePath, MultiPath, Sandwich, Standalone)")
     if precision != "fp32":
-        params = inspect.signature(strategy.step).parameters
-        if "precision" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        if not _takes(strategy.step, "precision"):
             raise ValueError(f"precision={precision!r}: strategy {type(strategy).__name__}.step takes no precision "
                              "argument; use precision='fp32' or a strategy that takes it (SinglePath, MultiPath, "
                              "Standalone)")
+
+
+def _check_same_weights(model: nn.Module, epoch: int, device: torch.device) -> None:
+    """Debug check: every rank holds the same parameters (a float64 checksum, compared bit for bit)."""
+    with torch.no_grad():
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for i, p in enumerate(model.parameters()):
+            total += p.detach().double().sum() * (i + 1)  # weighted: a swap of two tensors shows too
+    bits = int(total.cpu().view(torch.int64))
+    dist.check_same_value(bits, f"weights after epoch {epoch} (bits of a checksum; the ranks have diverged)",
+                          device=device)
 
 
 def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
@@ -196,7 +228,8 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
           rng_seed: Optional[Callable[[int], int]] = None,
           on_start: Optional[Callable[[Optional[Dict[str, Any]]], None]] = None,
           on_epoch_end: Optional[Callable[[int], Optional[Dict[str, Any]]]] = None,
-          name: str = "training", log_level: int = logging.INFO) -> TrainResult:
+          name: str = "training", log_level: int = logging.INFO,
+          debug_dist: Optional[bool] = None) -> TrainResult:
     """Trains ``model`` for ``config.epochs`` epochs; step ``s`` trains ``sampler.sample(s)`` with ``strategy``.
 
     Per step: the batch moved to ``device``, ``strategy.step(model, sampler.sample(s), x, y, optimizer,
@@ -230,19 +263,35 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             shared weights and the controller are saved together, in one file, at every epoch end.
         name: what is trained, in log messages.
         log_level: level of the per-epoch and resume log lines.
+        debug_dist: under ``torch.distributed``, check at every step that all ranks train the same choice
+            and reduce the same gradients, and at every epoch end that their weights agree
+            (:class:`~fastnas.train.distributed.DistributedMismatchError` otherwise); ``None``: the
+            environment variable ``FASTNAS_DEBUG_DIST``.
+
+    Under ``torch.distributed`` with ``W > 1`` ranks (see :mod:`fastnas.train.distributed`): ``config.batch_size``
+    is the global batch (``ValueError`` unless ``W`` divides it); the model is first broadcast from rank 0;
+    ``progress`` runs on every rank with the rank's own per-step loss, and the ``"epoch"`` event and the
+    result carry the global loss and accuracy; ``on_start`` and ``on_epoch_end`` run on every rank (they
+    must do the same on each); rank 0 writes the checkpoint, then all ranks wait for it.
 
     Returns:
         A :class:`TrainResult` (``initial_state`` empty).
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config: expected a TrainConfig, got {type(config).__name__}")
-    _check_plugs(strategy, sampler, config.precision)
+    rank, world_size = dist.world()
+    _check_plugs(strategy, sampler, config.precision, world_size)
+    if world_size > 1:
+        dist.check_batch_size(config.batch_size, world_size)
+    debug = world_size > 1 and dist.debug_enabled(debug_dist)
     device = torch.device(device)
     check_precision(config.precision, device)
     # Passed only when not fp32, so strategies written before precision existed keep working.
     step_kwargs: Dict[str, Any] = {} if config.precision == "fp32" else {"precision": config.precision}
     memory_format = torch.channels_last if config.channels_last else None
     model.to(device)
+    if world_size > 1:
+        dist.broadcast_module(model)  # every rank starts from rank 0's weights, as DDP does
     was_training = model.training
     if rng_seed is None:
         def rng_seed(epoch: int) -> int:
@@ -277,10 +326,13 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
         result.steps = int(payload.get("step", 0))
         logger.log(log_level, "resuming %s from %s at epoch %d/%d", name, ckpt.path, start_epoch, config.epochs)
     else:
-        if ckpt is not None and Path(ckpt.path).exists():
+        if ckpt is not None and Path(ckpt.path).exists() and rank == 0:
             logger.warning("resume=False: overwriting the checkpoint %s", ckpt.path)
         if on_start is not None:
             on_start(None)
+    if world_size > 1:
+        dist.check_same_value(start_epoch, "epoch to resume from (do all ranks see the same checkpoint file?)",
+                              device=device)
 
     if progress is not None:
         progress("start", {"epochs": config.epochs, "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,
@@ -289,6 +341,9 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
     model.train()
     if memory_format is not None:
         model.to(memory_format=memory_format)  # after loading: the checkpoint's values, in this layout
+    sync_bn = world_size > 1 and config.sync_bn
+    restore = contextlib.ExitStack()  # the BatchNorm classes, back after training (scoring never syncs)
+    restore.enter_context(synced_batchnorm(model, enabled=sync_bn))
     try:
         for epoch in range(start_epoch, config.epochs):
             t0 = time.perf_counter()
@@ -299,13 +354,22 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             epoch_batches = batches(epoch)
             with seeded_global_rng(rng_seed(epoch), device):
                 for i, (xb, yb) in enumerate(epoch_batches):
+                    choice = sampler.sample(result.steps)
+                    kwargs = step_kwargs
+                    if world_size > 1:
+                        if debug:
+                            dist.check_same_choice(choice, result.steps, device=device)
+                        n_global = yb.shape[0]
+                        xb, yb = dist.shard_batch(xb, yb, rank=rank, world_size=world_size)  # views
+                        # weight = share of the global batch: the sum over ranks is the global mean's gradient
+                        kwargs = {**step_kwargs, "reduce_grads": functools.partial(
+                            dist.allreduce_gradients, weight=yb.shape[0] / n_global, debug=debug, what=choice)}
                     xb = xb.to(device, non_blocking=True)
                     if memory_format is not None and xb.dim() == 4:
                         xb = xb.contiguous(memory_format=memory_format)
                     yb = yb.to(device, non_blocking=True)
-                    choice = sampler.sample(result.steps)
                     step = strategy.step(model, choice, xb, yb, optimizer, grad_clip=config.grad_clip,
-                                         label_smoothing=config.label_smoothing, **step_kwargs)
+                                         label_smoothing=config.label_smoothing, **kwargs)
                     b = yb.shape[0]
                     loss_sum += step.loss.double() * b
                     correct += step.correct
@@ -315,6 +379,16 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                         progress("step", {"epoch": epoch, "step": i, "global_step": result.steps,
                                           "steps_per_epoch": steps_per_epoch, "loss": float(step.loss),
                                           "lr": lr, "arch": choice})
+            if world_size > 1:
+                # the global values: one all-reduce of (loss sum, hits, samples) per epoch
+                totals = dist.all_reduce_sum(torch.stack([loss_sum, correct.double(),
+                                                          torch.tensor(float(seen), dtype=torch.float64,
+                                                                       device=device)]))
+                loss_sum, correct, seen = totals[0], int(totals[1].round()), int(totals[2].round())
+                if not sync_bn:
+                    dist.average_buffers(model)  # per-rank running statistics would drift apart
+                if debug:
+                    _check_same_weights(model, epoch, device)
             if seen == 0:
                 raise ValueError(f"epoch {epoch} produced no batches (check the batches / the training data)")
             scheduler.step()
@@ -327,7 +401,7 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
             result.epoch_time.append(time.perf_counter() - t0)
             result.epoch_lr.append(lr)
             extra = on_epoch_end(epoch) if on_epoch_end is not None else None
-            if ckpt is not None:
+            if ckpt is not None and rank == 0:
                 save_checkpoint(ckpt.path, {
                     "kind": ckpt.kind, "fingerprint": ckpt.fingerprint, **ckpt.meta,
                     "epoch": epoch + 1, "step": result.steps,
@@ -338,7 +412,10 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                     "history": {"loss": result.epoch_loss, "accuracy": result.epoch_accuracy,
                                 "time": result.epoch_time, "lr": result.epoch_lr},
                     **({"extra": extra} if extra is not None else {}),
+                    **({"world_size": world_size} if world_size > 1 else {}),
                 })
+            if ckpt is not None:
+                dist.barrier()  # no rank runs ahead of the file it would resume from
             logger.log(log_level, "epoch %d/%d: loss %.4f, train acc %.4f, lr %.5g, %.1f s", epoch + 1,
                        config.epochs, epoch_loss, epoch_acc, lr, result.epoch_time[-1])
             if progress is not None:
@@ -346,6 +423,7 @@ def train(model: nn.Module, strategy: StepStrategy, sampler: Sampler,
                                    "accuracy": epoch_acc, "lr": lr, "time": result.epoch_time[-1],
                                    "steps": result.steps})
     finally:
+        restore.close()
         model.train(was_training)
         if memory_format is not None:
             # Scores, noise layouts and exports expect the default (contiguous) layout.

@@ -32,6 +32,7 @@ from torch import nn
 
 from fastnas.data.batches import Batches
 from fastnas.seeds import derive_seed
+from fastnas.train import distributed as dist
 from fastnas.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from fastnas.train.config import LATER_FIELDS, TrainConfig
 from fastnas.train.loop import Checkpointing, StepResult, TrainResult, cosine_lr, train
@@ -122,7 +123,8 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                    progress: Optional[ProgressFn] = None,
                    batch_fn: Optional[Callable[[int], Iterable[Batch]]] = None,
                    sandwich_k: Optional[int] = None, distill: Optional[bool] = None,
-                   temperature: Optional[float] = None, controller: Any = None) -> TrainResult:
+                   temperature: Optional[float] = None, controller: Any = None,
+                   debug_dist: Optional[bool] = None) -> TrainResult:
     """Trains a weight-sharing supernet with the paths of ``config.sampler`` (default: uniform SPOS).
 
     Per step (``sampler="uniform"``): ``arch = space.sample(rng)`` (one path for the whole batch),
@@ -161,6 +163,11 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
             it returns (its whole state) is saved in the same checkpoint as the weights;
             ``controller.load_state(d)`` gets it back on resume; ``controller.identity()`` (JSON) is part
             of the checkpoint's fingerprint.
+        debug_dist: cross-rank checks under torch.distributed (see :func:`fastnas.train.train`).
+
+    Under ``torch.distributed`` (``torchrun``) every rank calls this with the same arguments and data;
+    ``config.batch_size`` is the global batch, split over the ranks, and rank 0 alone writes
+    ``checkpoint_path`` and the initial weights (see :mod:`fastnas.train.distributed`).
 
     Returns:
         A :class:`TrainResult`.
@@ -193,6 +200,12 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
         steps_per_epoch = n // config.batch_size if config.drop_last else -(-n // config.batch_size)
         if steps_per_epoch == 0:
             raise ValueError(f"drop_last=True with batch_size={config.batch_size} > N={n} leaves no batches")
+        _, world_size = dist.world()
+        dist.check_batch_size(config.batch_size, world_size)
+        last = n % config.batch_size
+        if world_size > 1 and not config.drop_last and 0 < last < world_size:
+            raise ValueError(f"the last batch of each epoch has {last} samples (N={n}, batch_size={config.batch_size}), "
+                             f"fewer than world size {world_size}: every rank needs at least one; use drop_last=True")
         batch_fn = lambda epoch: _tensor_batches(train_x, train_y, config, epoch)  # noqa: E731
 
     run_fp = _run_fingerprint(config, space, supernet, sandwich,
@@ -223,15 +236,17 @@ def train_supernet(supernet: nn.Module, space: Any, train_x: Optional[torch.Tens
                     raise ValueError(f"checkpoint {str(ckpt)!r} holds no controller state; resume=False starts over")
                 controller.load_state(payload["extra"])
         else:
-            initial["state"] = _cpu_state(supernet)
+            initial["state"] = _cpu_state(supernet)  # after train() broadcast rank 0's weights
             if init_path is not None:
-                save_checkpoint(init_path, {"kind": INIT_KIND, "fingerprint": run_fp, "config": config.to_dict(),
-                                            "space": _space_identity(space), "model": initial["state"]})
+                if dist.is_main():
+                    save_checkpoint(init_path, {"kind": INIT_KIND, "fingerprint": run_fp, "config": config.to_dict(),
+                                                "space": _space_identity(space), "model": initial["state"]})
+                dist.barrier()
 
     result = train(supernet, strategy, sampler, batch_fn, config, device=device,
                    checkpoint=checkpointing, progress=progress, steps_per_epoch=steps_per_epoch,
                    rng_seed=lambda epoch: derive_seed(config.seed, "torch", epoch), on_start=on_start,
                    on_epoch_end=None if controller is None else controller.epoch_end,
-                   name=f"supernet training ({config.sampler} sampler)")
+                   name=f"supernet training ({config.sampler} sampler)", debug_dist=debug_dist)
     result.initial_state = initial["state"]
     return result

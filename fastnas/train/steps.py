@@ -12,14 +12,16 @@
 
 A strategy is any object with ``step(model, choice, x, y, optimizer, *, grad_clip, label_smoothing)
 -> StepResult`` (:class:`fastnas.train.loop.StepStrategy`); one that also takes ``precision="bf16"``
-can train under bf16 autocast.
+can train under bf16 autocast, and one that takes ``reduce_grads`` under torch.distributed (it calls
+``reduce_grads(params)`` once per step, after the last backward and before clipping: the sandwich and
+multi-path steps accumulate their members locally and all-reduce once).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,10 @@ __all__ = ["SinglePath", "MultiPath", "Sandwich", "Standalone", "single_path_ste
 logger = logging.getLogger(__name__)
 
 _warned_unlisted: set = set()
+
+#: ``reduce_grads(params)``: averages the gradients of ``params`` over the ranks (passed by the loop under
+#: torch.distributed; see :func:`fastnas.train.distributed.allreduce_gradients`).
+ReduceGrads = Callable[[List[torch.Tensor]], None]
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -66,9 +72,10 @@ def _forward_loss(model: nn.Module, args: tuple, y: torch.Tensor, label_smoothin
 
 
 def _update_paths(supernet: nn.Module, on_path: set, what: Any, optimizer: torch.optim.Optimizer,
-                  grad_clip: float) -> Optional[torch.Tensor]:
-    """Gradients off ``on_path`` (parameter names) set to ``None``, clipping over the rest, one optimizer
-    step; returns the gradient norm before clipping (``None`` without clipping)."""
+                  grad_clip: float, reduce_grads: Optional[ReduceGrads] = None) -> Optional[torch.Tensor]:
+    """Gradients off ``on_path`` (parameter names) set to ``None``, the rest all-reduced (``reduce_grads``,
+    under torch.distributed), clipping over them, one optimizer step; returns the gradient norm before
+    clipping (``None`` without clipping)."""
     params: List[torch.Tensor] = []
     matched = 0
     stray: List[str] = []
@@ -89,6 +96,8 @@ def _update_paths(supernet: nn.Module, on_path: set, what: Any, optimizer: torch
         logger.warning("%s: forward(x, arch) used parameters not listed by path_parameters(arch) (e.g. %s); "
                        "they are not updated", type(supernet).__name__, stray[:3])
 
+    if reduce_grads is not None:
+        reduce_grads(params)  # one bucket: the path's gradients only, in named_parameters order
     grad_norm = None
     if grad_clip > 0 and params:
         grad_norm = nn.utils.clip_grad_norm_(params, grad_clip).detach()
@@ -98,7 +107,8 @@ def _update_paths(supernet: nn.Module, on_path: set, what: Any, optimizer: torch
 
 def single_path_step(supernet: nn.Module, arch: Any, x: torch.Tensor, y: torch.Tensor,
                      optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0, label_smoothing: float = 0.0,
-                     path: Optional[Sequence[str]] = None, precision: str = "fp32") -> StepResult:
+                     path: Optional[Sequence[str]] = None, precision: str = "fp32",
+                     reduce_grads: Optional[ReduceGrads] = None) -> StepResult:
     """One SPOS step: forward and backward through the path of ``arch``, update only that path.
 
     After ``backward`` the gradient of every parameter not in ``path`` is set to ``None``, which makes
@@ -118,6 +128,8 @@ def single_path_step(supernet: nn.Module, arch: Any, x: torch.Tensor, y: torch.T
         label_smoothing: cross-entropy label smoothing.
         path: the path's entries, parameter names or slices (default ``supernet.path_parameters(arch)``).
         precision: ``"fp32"`` or ``"bf16"`` (forward under autocast; see :mod:`fastnas.train.precision`).
+        reduce_grads: under torch.distributed, ``reduce_grads(params)`` averages the path's gradients over
+            the ranks before clipping (the loop passes it); ``None``: one process.
 
     Returns:
         A :class:`~fastnas.train.loop.StepResult` of tensors (no device synchronization).
@@ -128,7 +140,7 @@ def single_path_step(supernet: nn.Module, arch: Any, x: torch.Tensor, y: torch.T
 
     # A path entry is a parameter name or a slice of one (``ParamSlice``, which has ``.name``).
     on_path = {_entry_name(e) for e in (supernet.path_parameters(arch) if path is None else path)}
-    grad_norm = _update_paths(supernet, on_path, arch, optimizer, grad_clip)
+    grad_norm = _update_paths(supernet, on_path, arch, optimizer, grad_clip, reduce_grads)
     with torch.no_grad():
         correct = (logits.detach().argmax(dim=1) == y).sum()
     return StepResult(loss.detach(), correct, grad_norm)
@@ -139,9 +151,10 @@ class SinglePath:
 
     def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
-             label_smoothing: float = 0.0, precision: str = "fp32") -> StepResult:
+             label_smoothing: float = 0.0, precision: str = "fp32",
+             reduce_grads: Optional[ReduceGrads] = None) -> StepResult:
         return single_path_step(model, choice, x, y, optimizer, grad_clip=grad_clip,
-                                label_smoothing=label_smoothing, precision=precision)
+                                label_smoothing=label_smoothing, precision=precision, reduce_grads=reduce_grads)
 
     def __repr__(self) -> str:
         return "SinglePath()"
@@ -167,7 +180,8 @@ class MultiPath:
 
     def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
-             label_smoothing: float = 0.0, precision: str = "fp32") -> StepResult:
+             label_smoothing: float = 0.0, precision: str = "fp32",
+             reduce_grads: Optional[ReduceGrads] = None) -> StepResult:
         archs = tuple(choice)
         if not archs:
             raise ValueError("choice: MultiPath needs a non-empty sequence of architectures")
@@ -181,7 +195,7 @@ class MultiPath:
                 loss_sum += loss.detach()
                 hits += (logits.detach().argmax(dim=1) == y).sum()
         on_paths = {_entry_name(e) for arch in archs for e in model.path_parameters(arch)}
-        grad_norm = _update_paths(model, on_paths, archs, optimizer, grad_clip)
+        grad_norm = _update_paths(model, on_paths, archs, optimizer, grad_clip, reduce_grads)
         return StepResult(loss_sum / len(archs), torch.div(hits, len(archs), rounding_mode="floor"), grad_norm)
 
     def __repr__(self) -> str:
@@ -271,7 +285,8 @@ class Sandwich:
 
     def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
-             label_smoothing: float = 0.0, precision: str = "fp32") -> StepResult:
+             label_smoothing: float = 0.0, precision: str = "fp32",
+             reduce_grads: Optional[ReduceGrads] = None) -> StepResult:
         archs = tuple(choice) if isinstance(choice, (tuple, list)) else ()
         if not archs:
             raise ValueError(f"choice={choice!r}: Sandwich needs a non-empty tuple of architectures, the teacher "
@@ -309,7 +324,7 @@ class Sandwich:
                     state = {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
                              if torch.is_tensor(v) and v.shape == p.shape}
                     held.append((p, mask, p.detach().clone(), state))
-        grad_norm = _update_paths(model, names, archs, optimizer, grad_clip)
+        grad_norm = _update_paths(model, names, archs, optimizer, grad_clip, reduce_grads)  # one all-reduce
         with torch.no_grad():
             for p, mask, old, state in held:
                 p.copy_(torch.where(mask, p, old))
@@ -330,10 +345,13 @@ class Standalone:
 
     def step(self, model: nn.Module, choice: Any, x: torch.Tensor, y: torch.Tensor,
              optimizer: torch.optim.Optimizer, *, grad_clip: float = 0.0,
-             label_smoothing: float = 0.0, precision: str = "fp32") -> StepResult:
+             label_smoothing: float = 0.0, precision: str = "fp32",
+             reduce_grads: Optional[ReduceGrads] = None) -> StepResult:
         optimizer.zero_grad(set_to_none=True)
         logits, loss = _forward_loss(model, (x,), y, label_smoothing, precision)
         loss.backward()
+        if reduce_grads is not None:
+            reduce_grads([p for p in model.parameters() if p.grad is not None])
         grad_norm = None
         if grad_clip > 0:
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip).detach()

@@ -132,9 +132,10 @@ def test_another_sampler_does_not_resume_the_checkpoint(tmp_path):
 
 def test_new_fields_enter_the_fingerprint_only_off_their_defaults():
     base = TrainConfig(epochs=3)
-    assert {"sampler", "precision", "channels_last"}.isdisjoint(base.identity())
-    assert {k: v for k, v in base.to_dict().items() if k not in ("sampler", "precision", "channels_last")} \
-        == base.identity()
+    later = ("sampler", "precision", "channels_last", "sync_bn")
+    assert set(later).isdisjoint(base.identity())
+    assert {k: v for k, v in base.to_dict().items() if k not in later} == base.identity()
+    assert TrainConfig(epochs=3, sync_bn=False).identity()["sync_bn"] is False
     assert TrainConfig(epochs=3, sampler="per-cell", precision="bf16", channels_last=True).identity()[
         "sampler"] == "per-cell"
 
