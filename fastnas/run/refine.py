@@ -166,12 +166,17 @@ class batch_stats:
         self.model = model
 
     def __enter__(self) -> torch.nn.Module:
+        from fastnas.train.sync_batchnorm import local_batchnorm
+
         self.was_training = self.model.training
         self.saved = [(b, b.detach().clone()) for b in self.model.buffers()]
+        self.local = local_batchnorm(self.model)  # under torchrun: this process's batch, no collective
+        self.local.__enter__()
         self.model.train()
         return self.model
 
     def __exit__(self, *exc: Any) -> None:
+        self.local.__exit__(*exc)
         with torch.no_grad():
             for b, v in self.saved:
                 b.copy_(v)
@@ -223,12 +228,15 @@ class Reward:
     def __call__(self, arch: Any, batch: Tuple[torch.Tensor, torch.Tensor]) -> float:
         if not self.feasible(arch):
             return 0.0
+        from fastnas.train.sync_batchnorm import local_batchnorm
+
         x, y = batch
-        if self.refine.reward == REWARD_BATCH_ACCURACY:
-            value = batch_accuracy(self.supernet, arch, x, y)
-        else:
-            score = self._metric_fn(x, y)(arch)
-            value = float(getattr(score, "value", score))
+        with local_batchnorm(self.supernet):  # under torchrun each rank rewards its own share: no collective
+            if self.refine.reward == REWARD_BATCH_ACCURACY:
+                value = batch_accuracy(self.supernet, arch, x, y)
+            else:
+                score = self._metric_fn(x, y)(arch)
+                value = float(getattr(score, "value", score))
         if self.refine.flops_penalty:
             value -= self.refine.flops_penalty * float(self.space.flops(arch)) / self.base_flops
         return value

@@ -46,7 +46,7 @@ from torch import nn
 from fastnas.spaces.elastic_resnet_ops import ElasticBatchNorm2d  # the prefix-sliced BatchNorm of the families
 
 __all__ = ["sync_batchnorm", "unsync_batchnorm", "synced_batchnorm", "sync_batch_norm", "SyncBatchNorm1d",
-           "SyncBatchNorm2d", "SyncBatchNorm3d", "SyncElasticBatchNorm2d", "BACKENDS"]
+           "SyncBatchNorm2d", "SyncBatchNorm3d", "SyncElasticBatchNorm2d", "BACKENDS", "local_batchnorm"]
 
 #: Backends of the synchronised forward (see the module docstring).
 BACKENDS = ("fastnas", "torch")
@@ -268,3 +268,18 @@ def synced_batchnorm(model: nn.Module, enabled: bool = True, *, backend: Optiona
             if plain is not None and id(m) not in before:
                 m.__class__ = plain
                 m.__dict__.pop("_fastnas_backend", None)
+
+
+@contextlib.contextmanager
+def local_batchnorm(model: nn.Module) -> Iterator[int]:
+    """Inside the block every synchronised layer of ``model`` uses its own process's batch statistics (no
+    collective: ranks may run different numbers of forwards, e.g. each evaluating its share of candidates);
+    synchronised again afterwards. Yields the number of layers switched."""
+    synced = [(m, type(m)) for m in model.modules() if type(m) in _PLAIN]
+    for m, cls in synced:
+        m.__class__ = _PLAIN[cls]
+    try:
+        yield len(synced)
+    finally:
+        for m, cls in synced:
+            m.__class__ = cls

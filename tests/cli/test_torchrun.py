@@ -190,3 +190,43 @@ def test_single_process_commands_refuse_a_torchrun_world(monkeypatch, capsys):
         monkeypatch.setenv(k, v)
     assert main(["info"]) == 2
     assert "fastnas info runs in one process (WORLD_SIZE=2 is set)" in capsys.readouterr().err
+
+
+def _model_state(path: Path) -> dict:
+    import torch
+
+    return torch.load(path / "supernet.pt", weights_only=False)["model"]
+
+
+def test_train_supernet_under_torchrun_completes_and_resumes_after_a_kill(tmp_path):
+    import torch
+
+    args = ["train-supernet", *tiny(epochs=2)]
+    ref = tmp_path / "uninterrupted"
+    r = _torchrun([*args, "--out", ref], log_dir=tmp_path / "l0", env=_env(FASTNAS_TEST_NO_WRITES=str(ref)))
+    assert r.returncode == 0, (r.stderr[-3000:], _rank_logs(tmp_path / "l0", 0)[-3000:])
+    assert "RANK-WRITE" not in _rank_logs(tmp_path / "l0", 1)
+    killed = tmp_path / "killed"
+    # 128 images / 32 = 4 steps per epoch: rank 0 is killed at step 6, in the second epoch
+    r = _torchrun([*args, "--out", killed], log_dir=tmp_path / "l1", env=_env(FASTNAS_TEST_KILL_AT="train:6"))
+    assert r.returncode != 0
+    state = json.loads((killed / "state.json").read_text())
+    assert state["phases"]["train"] == "started"
+    r = _torchrun(["train-supernet", "--resume", killed, "--quiet"], log_dir=tmp_path / "l2", env=_env())
+    assert r.returncode == 0, (r.stderr[-3000:], _rank_logs(tmp_path / "l2", 0)[-3000:])
+    a, b = _model_state(ref), _model_state(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # same ranks, same order: bit-identical
+
+
+def test_refine_under_torchrun(tmp_path):
+    out = tmp_path / "refine"
+    args = ["refine", "--channels", "4", "--cells", "1", "--epochs", "2", "--retrain-epochs", "0",
+            "--controller-steps", "2", "--samples", "3", "--derive", "3", "--valid-size", "64", "--limit-train",
+            "128", "--batch-size", "32", "--quiet", "--out", out]
+    r = _torchrun(args, log_dir=tmp_path / "l", env=_env(FASTNAS_TEST_NO_WRITES=str(out)))
+    assert r.returncode == 0, (r.stderr[-3000:], _rank_logs(tmp_path / "l", 0)[-3000:],
+                               _rank_logs(tmp_path / "l", 1)[-3000:])
+    assert "RANK-WRITE" not in _rank_logs(tmp_path / "l", 1)
+    res = json.loads((out / "result.json").read_text())
+    assert len(res["refine"]["trace"]) == 4 and res["ops"] and res["flops"] <= res["base_flops"] * 2
+    assert "2 processes" in _rank_logs(tmp_path / "l", 0)
