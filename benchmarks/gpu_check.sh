@@ -37,6 +37,30 @@ step "GPU benchmarks"
 FASTNAS_BENCH_JSON="$OUT/bench.json" timeout 200 pytest -m gpu --benchmark-only -q -p no:cacheprovider \
   --benchmark-columns=median,rounds benchmarks 2>&1 | tee "$OUT/gpu_bench.log" | sed -n '/fastnas ratios/,$p'
 
+step "2 GPUs under torchrun (NCCL), where the machine has them"
+ngpu=$(cd "$OUT" && python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "${ngpu:-0}" -ge 2 ]; then
+  (
+    cd "$OUT"
+    args="--data digits --channels 16 --cells 2 --epochs 3 --batch-size 64 --device cuda --quiet"
+    t0=$(date +%s.%N)
+    timeout 60 python -m fastnas train-supernet $args --out "$OUT/one" > "$OUT/dist_one.log" 2>&1
+    t1=$(date +%s.%N)
+    timeout 60 torchrun --standalone --nproc_per_node=2 -m fastnas train-supernet $args --out "$OUT/two" \
+      > "$OUT/dist_two.log" 2>&1
+    t2=$(date +%s.%N)
+    python -c "import sys; a, b, c = map(float, sys.argv[1:]); print(f'  train-supernet: 1 GPU {b - a:.1f} s, 2 GPUs {c - b:.1f} s ({(b - a) / (c - b):.2f}x)')" "$t0" "$t1" "$t2"
+    cp -r "$OUT/one" "$OUT/one_b"
+    timeout 45 python -m fastnas search --resume "$OUT/one" --population 6 --generations 2 --quiet > /dev/null 2>&1
+    timeout 45 torchrun --standalone --nproc_per_node=2 -m fastnas search --resume "$OUT/one_b" --population 6 \
+      --generations 2 --quiet > "$OUT/dist_search.log" 2>&1
+    if cmp -s "$OUT/one/history.csv" "$OUT/one_b/history.csv"; then echo "  2-GPU search of one trained supernet: same history (bit-identical)"
+    else echo "  2-GPU search of one trained supernet: DIFFERENT history (see $OUT/dist_search.log)"; fi
+  ) 2>&1 | tee "$OUT/dist.log"
+else
+  echo "  $ngpu GPU(s): skipped (needs 2)"
+fi
+
 step "table"
 python - "$OUT/bench.json" <<'PY'
 import json, sys
