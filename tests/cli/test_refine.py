@@ -106,9 +106,12 @@ def test_refine_without_out_leaves_no_directory(tmp_path, monkeypatch):
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    res = fastnas.refine(UserRes(), _digits(200), epochs=1, batch_size=32, valid_size=32, controller_steps=1,
+    x, y = _digits(200)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50)  # a DataLoader too
+    res = fastnas.refine(UserRes(), loader, epochs=1, batch_size=32, valid_size=32, controller_steps=1,
                          samples=2, derive=2, device="cpu")
-    assert res.run_dir is None and list(tmp_path.iterdir()) == []
+    assert res.run_dir is None and not [p for p in tmp_path.iterdir() if p.name.startswith("fastnas-refine-")]
+    assert res.result["search"]["n_scored"] >= 1
 
 
 class Plain(nn.Module):
