@@ -494,6 +494,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _execute(run: Any, display: Any, summary: Any) -> int:
+    """Runs ``run`` (every rank); rank 0 (the one with a display) prints ``summary(result)``."""
+    try:
+        result = run.execute()
+    finally:
+        if display is not None:
+            display.close()
+    if display is None:
+        return 0
+    for line in summary(result):
+        _out(line)
+    return 0
+
+
 _FAMILY_KEYS = ("tiers", "budgets", "budget_kind", "reward", "lambdas", "constraint", "reference")
 
 
@@ -531,16 +545,7 @@ def cmd_family(args: argparse.Namespace) -> int:
               f"lambdas {','.join(f'{w:g}' for w in plan.family.weights)}, containment "
               f"{'on' if plan.family.constraint else 'off'}, {config.sampler} training, device {prepared.device}, "
               f"{threads} thread(s){ranks}", file=sys.stderr, flush=True)
-    try:
-        result = run.execute()
-    finally:
-        if display is not None:
-            display.close()
-    if display is None:
-        return 0
-    for line in family_summary_lines(result, run.state, path):
-        _out(line)
-    return 0
+    return _execute(run, display, lambda result: family_summary_lines(result, run.state, path))
 
 
 _REFINE_KEYS = ("searcher", "pretrain_epochs", "controller_steps", "samples", "reward", "reward_batch",
@@ -587,16 +592,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
               f"{prepared.dataset.name}, searcher {rcfg.searcher}, reward {rcfg.reward}, {config.epochs} epochs"
               f"{f' ({rcfg.pretrain_epochs} PreTrain)' if rcfg.pretrain_epochs else ''}, device {prepared.device}, "
               f"{threads} thread(s){ranks}", file=sys.stderr, flush=True)
-    try:
-        result = run.execute()
-    finally:
-        if display is not None:
-            display.close()
-    if display is None:
-        return 0
-    for line in refine_summary_lines(result, path):
-        _out(line)
-    return 0
+    return _execute(run, display, lambda result: refine_summary_lines(result, path))
 
 
 COMMANDS = {
