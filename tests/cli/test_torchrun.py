@@ -34,7 +34,12 @@ HELPER = str(Path(__file__).with_name("_dist_run.py"))
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT", "FASTNAS_TEST_KILL_AT")}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # the ranks import the fastnas this process imported (the installed one in CI, with its compiled kernels):
+    # a reference computed here and ranks on another build would differ in the last bits
+    import fastnas
+
+    root = str(Path(fastnas.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, str(REPO), env.get("PYTHONPATH")) if p)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra})
     return env
 
