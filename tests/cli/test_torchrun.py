@@ -31,15 +31,19 @@ SEARCH = ["--population", "5", "--generations", "2", "--metric", "angle+flatness
 HELPER = str(Path(__file__).with_name("_dist_run.py"))
 
 
+def fastnas_root() -> str:
+    """The directory holding the fastnas package this process imported."""
+    import fastnas
+
+    return str(Path(fastnas.__file__).resolve().parents[1])
+
+
 def _env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT", "FASTNAS_TEST_KILL_AT")}
     # the ranks import the fastnas this process imported (the installed one in CI, with its compiled kernels):
     # a reference computed here and ranks on another build would differ in the last bits
-    import fastnas
-
-    root = str(Path(fastnas.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (fastnas_root(), str(REPO), env.get("PYTHONPATH")) if p)
     env.update({"OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", **extra})
     return env
 
@@ -131,7 +135,9 @@ def _two_ranks(args0, args1, *, timeout: float = 120):
     procs = []
     for rank, args in enumerate((args0, args1)):
         env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        procs.append(subprocess.Popen([sys.executable, "-m", "fastnas", *map(str, args)], env=env, cwd=REPO,
+        # not cwd=REPO: `python -m` puts the cwd first on sys.path, over the fastnas _env chose
+        procs.append(subprocess.Popen([sys.executable, "-m", "fastnas", *map(str, args)], env=env,
+                                      cwd=Path(fastnas_root()).parent,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     out = []
     for p in procs:
