@@ -53,22 +53,6 @@ SEARCHERS = ("enas", "random", "evolution")
 _HEADER_MARK = "refine run config"
 
 
-def _check_number(name: str, value: Any, *, low: float, integer: bool = False, low_open: bool = False,
-                  high: Optional[float] = None, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-        ok = isinstance(value, int)
-    if ok:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        kind = "an integer" if integer else "a finite number"
-        bound = f"{'>' if low_open else '>='} {low:g}" + (f" and {'<' if high_open else '<='} {high:g}"
-                                                           if high is not None else "")
-        raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected {kind} {bound}")
-
-
 @dataclass(frozen=True)
 class RefineConfig:
     """The refinement's own settings, besides the run's :class:`~fastnas.run.config.RunConfig` (which holds
@@ -111,16 +95,16 @@ class RefineConfig:
 
             raise ValueError(f"--searcher {self.searcher!r}: fastnas refine takes {', '.join(SEARCHERS)} (enas: the "
                              f"controller; random, evolution: the baselines){did_you_mean(str(self.searcher), SEARCHERS, n=1)}")
-        for name in ("pretrain_epochs",):
-            _check_number(name, getattr(self, name), low=0, integer=True)
+        from fastnas.search.base import check_float, check_int
+
+        check_int("pretrain_epochs", self.pretrain_epochs, 0)
         for name in ("controller_steps", "samples", "hidden", "reward_batch", "derive"):
-            _check_number(name, getattr(self, name), low=1, integer=True)
-        _check_number("temperature", self.temperature, low=0, low_open=True)
-        _check_number("tanh_constant", self.tanh_constant, low=0, low_open=True)
-        _check_number("entropy_weight", self.entropy_weight, low=0)
-        _check_number("baseline_decay", self.baseline_decay, low=0, high=1, high_open=True)
-        _check_number("controller_lr", self.controller_lr, low=0, low_open=True)
-        _check_number("flops_penalty", self.flops_penalty, low=0)
+            check_int(name, getattr(self, name), 1)
+        for name in ("temperature", "tanh_constant", "controller_lr"):
+            check_float(name, getattr(self, name), low=0.0, low_open=True)
+        check_float("entropy_weight", self.entropy_weight, low=0.0)
+        check_float("baseline_decay", self.baseline_decay, low=0.0, high=1.0, high_open=True)
+        check_float("flops_penalty", self.flops_penalty, low=0.0)
         if not isinstance(self.retrain_base, bool):
             raise ValueError(f"--retrain-base {self.retrain_base!r}: expected true or false")
         if not isinstance(self.reward, str) or not self.reward.strip():
@@ -166,17 +150,12 @@ class batch_stats:
         self.model = model
 
     def __enter__(self) -> torch.nn.Module:
-        from fastnas.train.sync_batchnorm import local_batchnorm
-
         self.was_training = self.model.training
         self.saved = [(b, b.detach().clone()) for b in self.model.buffers()]
-        self.local = local_batchnorm(self.model)  # under torchrun: this process's batch, no collective
-        self.local.__enter__()
         self.model.train()
         return self.model
 
     def __exit__(self, *exc: Any) -> None:
-        self.local.__exit__(*exc)
         with torch.no_grad():
             for b, v in self.saved:
                 b.copy_(v)
@@ -506,9 +485,7 @@ class RefineRun(Run):
             from fastnas.train import CHECKPOINT_KIND, load_checkpoint
 
             payload = load_checkpoint(self.dir / self.dir.SUPERNET, expected_kind=CHECKPOINT_KIND)
-            reward = self._reward(self.initial_state)
-            self.policy = RefinePolicy(self.space, self.refine, self.config.seed, reward, self.p.valid,
-                                       self._steps_per_epoch(), self.device)
+            self.make_controller()
             if "extra" not in payload:
                 raise ValueError(f"checkpoint {str(self.dir / self.dir.SUPERNET)!r} holds no controller state")
             self.policy.load_state(payload["extra"])
@@ -541,11 +518,6 @@ class RefineRun(Run):
             return math.fsum(reward(arch, b) * n for b, n in zip(batches, sizes)) / sum(sizes)
 
         return TimedScoreFn(fn)
-
-    def search(self) -> None:
-        if self.supernet is None or (self.refine.searcher == "enas" and self.policy is None):
-            self.load_trained()
-        super().search()
 
     def retrain(self) -> None:
         super().retrain()

@@ -20,6 +20,7 @@ controller (ask samples from a policy, tell updates it) use the same loop.
 from __future__ import annotations
 
 import abc
+import math
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -99,6 +100,17 @@ def check_int(name: str, value: Any, minimum: int) -> None:
     """``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+
+
+def check_float(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    """``ValueError`` naming ``name`` unless ``value`` is a finite number (not a bool) in the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name}={value!r}: expected a finite number in {lo}{low}, {high}{hi}")
 
 
 def config_from_dict(cls: Any, d: Mapping[str, Any]) -> Any:

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from fastnas.search.base import SearchConfig, check_int, config_from_dict
+from fastnas.search.base import SearchConfig, check_float, check_int, config_from_dict
 from fastnas.search.batch import BatchSearcher, check_state, rng_from_json, rng_to_json
 from fastnas.search.history import Arch, SearchRecord, SearchResult, best_of, canonical
 from fastnas.search.registry import register_searcher
@@ -47,16 +47,6 @@ logger = logging.getLogger(__name__)
 
 _STATE_VERSION = 1
 ORIGIN = "controller"
-
-
-def _check_float(name: str, value: Any, *, low: float, high: float = math.inf, low_open: bool = False,
-                 high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name}={value!r}: expected a finite number in {lo}{low}, {high}{hi}")
 
 
 @dataclass(frozen=True)
@@ -99,15 +89,15 @@ class ENASConfig:
         for name in ("updates", "samples_per_update", "hidden", "topk"):
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0)
-        _check_float("temperature", self.temperature, low=0.0, low_open=True)
+        check_float("temperature", self.temperature, low=0.0, low_open=True)
         if self.tanh_constant is not None:
-            _check_float("tanh_constant", self.tanh_constant, low=0.0, low_open=True)
-        _check_float("entropy_weight", self.entropy_weight, low=0.0)
-        _check_float("baseline_decay", self.baseline_decay, low=0.0, high=1.0, high_open=True)
-        _check_float("lr", self.lr, low=0.0, low_open=True)
+            check_float("tanh_constant", self.tanh_constant, low=0.0, low_open=True)
+        check_float("entropy_weight", self.entropy_weight, low=0.0)
+        check_float("baseline_decay", self.baseline_decay, low=0.0, high=1.0, high_open=True)
+        check_float("lr", self.lr, low=0.0, low_open=True)
         for name in ("baseline_init", "infeasible_reward"):
             if getattr(self, name) is not None:
-                _check_float(name, getattr(self, name), low=-math.inf)
+                check_float(name, getattr(self, name), low=-math.inf)
         for name in ("max_params", "max_flops"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -139,7 +139,7 @@ class Untraceable(UserRes):
     (UserRes(), {}, (torch.zeros(40, 3, 8, 8), torch.zeros(40, dtype=torch.int64)), "does not fit model UserRes"),
     (UserRes(classes=7), {}, None, "gives 7 outputs per image; data has 10 classes"),
     (UserRes(), {"searcher": "bayes"}, None, "--searcher 'bayes'"),
-    (UserRes(), {"samples": 0}, None, "--samples 0"),
+    (UserRes(), {"samples": 0}, None, r"samples=0: expected an integer >= 1"),
 ])
 def test_bad_input_is_one_error_and_nothing_written(tmp_path, model, kwargs, data, match):
     out = tmp_path / "run"
